@@ -1,0 +1,144 @@
+"""Recognise motion-module files by their keys and shapes, and convert them to the AnimateDiff key layout.
+
+Detection never looks at file names, and reads the structure (levels, channels, modules per block, mid block,
+positions, transformer and attention blocks) from the file, so shrunken test files take the real files' path.
+
+| format     | files                                     | family | mid | positions | motion-module GroupNorm |
+|------------|-------------------------------------------|--------|-----|-----------|-------------------------|
+| v1         | mm_sd_v14, mm_sd_v15                      | SD1.5  | no  | 24        | per frame (UNet ResBlocks and its output norm across frames) |
+| v2         | mm_sd_v15_v2, AnimateDiff-Lightning       | SD1.5  | yes | 32        | per frame               |
+| v3         | v3_sd15_mm                                | SD1.5  | no  | 32        | per frame               |
+| animatelcm | AnimateLCM_sd15_t2v (no stored positions) | SD1.5  | yes | 64, built | per frame               |
+| sdxl_beta  | mm_sdxl_v10_beta                          | SDXL   | no  | 32        | across the clip's frames |
+| hotshot    | hsxl_temporal_layers                      | SDXL   | no  | 24        | per frame               |
+
+The GroupNorm column follows each format's original code: the SD1.5 code (v1 to v3) rearranges the clip to
+frames before its motion modules' norm, and v1's UNet (not "inflated") normalises ResNet blocks and the output
+norm over the 5-D clip; the SDXL-beta code normalises its motion modules over the 5-D clip; Hotshot-XL per frame.
+"""
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .model import sinusoid_table
+
+ANIMATELCM_POSITIONS = 64
+
+
+class NotAMotionModule(ValueError):
+    """The file is not an AnimateDiff motion module; the message says what it is and where it belongs."""
+
+
+@dataclass(frozen=True)
+class MotionModuleInfo:
+    format: str
+    family: str                 # "SD1.5" or "SDXL"
+    down: tuple                 # ((channels, modules), ...) per UNet level
+    up: tuple
+    mid: int | None             # channels of the mid-block module, if any
+    pe_rows: int                # frame positions: the most frames one clip may have
+    transformer_blocks: int
+    attention_blocks: int
+    norm_across_frames: bool    # the motion modules' GroupNorm
+    unet_norm_across_frames: bool  # the image UNet's ResBlock and output GroupNorms (v1)
+    beta_schedule: str          # the noise schedule it was trained with
+
+    def model_kwargs(self):
+        return dict(down=self.down, up=self.up, mid=self.mid, pe_rows=self.pe_rows,
+                    transformer_blocks=self.transformer_blocks, attention_blocks=self.attention_blocks,
+                    norm_across_frames=self.norm_across_frames)
+
+
+def what_is(sd):
+    """Name the kind of a state dict that is not a motion module, with where it belongs; None if it may be one."""
+    keys = list(sd)
+
+    def has(part):
+        return any(part in k for k in keys)
+
+    if has("_lora.") or has("lora_down") or has("lora_up"):
+        if has("motion_modules") or has("temporal"):
+            return ("a MotionLoRA (a camera-motion LoRA for a motion module), not a motion module: it is applied "
+                    "on top of a loaded motion module")
+        return ("a LoRA for the image model (such as the AnimateDiff v3 domain adapter), not a motion module: "
+                "apply it to the checkpoint as a LoRA")
+    if has("controlnet_cond_embedding"):
+        return "a SparseCtrl ControlNet, not a motion module: load it with a SparseCtrl loader"
+    if has("img_encoder."):
+        return "an AnimateLCM-I2V image encoder and motion model, not a plain motion module (not supported here)"
+    if has("qkv_merge"):
+        return "a CameraCtrl pose-conditioned motion module (not supported here)"
+    if any(k.startswith("conv_in.") for k in keys) and has("motion_modules"):
+        return "a PIA image-to-video model, not a motion module (not supported here)"
+    if any(k.startswith(p) for k in keys for p in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.",
+                                                   "conditioner.", "input_blocks.")) or has(".resnets."):
+        return ("a Stable Diffusion checkpoint or UNet, not a motion module: load it with Load Checkpoint and put it "
+                "in models/checkpoints")
+    if not (has(".motion_modules.") or has(".temporal_attentions.")):
+        return ("not an AnimateDiff motion module: it has no '<block>.motion_modules.<n>.temporal_transformer.' "
+                "keys")
+    return None
+
+
+def convert(sd):
+    """Tensors only, Hotshot-XL renamed to the AnimateDiff layout, positions built where none are stored."""
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    problem = what_is(sd)
+    if problem:
+        raise NotAMotionModule(f"This file is {problem}.")
+    if any(".temporal_attentions." in k for k in sd):
+        # {block}.temporal_attentions.{m}.X -> {block}.motion_modules.{m}.temporal_transformer.X
+        sd = {re.sub(r"\.temporal_attentions\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", k)
+              .replace("pos_encoder.positional_encoding", "pos_encoder.pe"): v for k, v in sd.items()}
+    if not any(k.endswith("pos_encoder.pe") for k in sd):
+        for k in [k for k in sd if k.endswith(".to_q.weight")]:
+            sd[k.replace("to_q.weight", "pos_encoder.pe")] = sinusoid_table(ANIMATELCM_POSITIONS, sd[k].shape[0])
+    return sd
+
+
+def detect(sd, hotshot=False, stored_positions=True):
+    """Describe a converted state dict (see `convert`). `hotshot`/`stored_positions`: what the file had."""
+    def count(pattern):
+        return 1 + max(int(m.group(1)) for k in sd if (m := re.match(pattern, k)))
+
+    def modules(block, i):
+        return count(rf"{block}\.{i}\.motion_modules\.(\d+)\.")
+
+    def channels(block, i):
+        return sd[f"{block}.{i}.motion_modules.0.temporal_transformer.norm.weight"].shape[0]
+
+    levels = count(r"down_blocks\.(\d+)\.")
+    down = tuple((channels("down_blocks", i), modules("down_blocks", i)) for i in range(levels))
+    up = tuple((channels("up_blocks", i), modules("up_blocks", i)) for i in range(count(r"up_blocks\.(\d+)\.")))
+    mid = sd["mid_block.motion_modules.0.temporal_transformer.norm.weight"].shape[0] \
+        if "mid_block.motion_modules.0.temporal_transformer.norm.weight" in sd else None
+    first = "down_blocks.0.motion_modules.0.temporal_transformer."
+    pe_rows = sd[first + "transformer_blocks.0.attention_blocks.0.pos_encoder.pe"].shape[1]
+    family = {4: "SD1.5", 3: "SDXL"}.get(levels)
+    if family is None:
+        raise NotAMotionModule(f"This motion module has {levels} UNet levels; AnimateDiff modules have 4 (SD1.5) "
+                               "or 3 (SDXL).")
+    if family == "SDXL":
+        fmt = "hotshot" if hotshot else "sdxl_beta"
+    elif not stored_positions:
+        fmt = "animatelcm"
+    elif mid:
+        fmt = "v2"
+    else:
+        fmt = "v1" if pe_rows == 24 else "v3"
+    return MotionModuleInfo(
+        format=fmt, family=family, down=down, up=up, mid=mid, pe_rows=pe_rows,
+        transformer_blocks=count(re.escape(first) + r"transformer_blocks\.(\d+)\."),
+        attention_blocks=count(re.escape(first) + r"transformer_blocks\.0\.attention_blocks\.(\d+)\."),
+        norm_across_frames=fmt == "sdxl_beta",
+        unet_norm_across_frames=fmt == "v1",
+        beta_schedule={"animatelcm": "lcm", "hotshot": "use_model_default"}.get(fmt, "sqrt_linear"))
+
+
+def load(sd):
+    """(info, state dict in the AnimateDiff layout) for a raw state dict from any supported file."""
+    hotshot = any(".temporal_attentions." in k or "positional_encoding" in k for k in sd)
+    stored_positions = any("pos_encoder" in k for k in sd)
+    sd = convert(sd)
+    return detect(sd, hotshot=hotshot, stored_positions=stored_positions), sd

@@ -1,0 +1,214 @@
+"""The one module that touches ComfyUI's ModelPatcher, through its public extension points only.
+
+- The motion module gets a ModelPatcher of its own, attached to the model with `set_additional_models`, so
+  ComfyUI loads and offloads it together with the UNet.
+- A `PatcherInjection` inserts its modules into the UNet's block sequences when the model is loaded for
+  sampling, and removes them when the model is unloaded (the UNet's module tree is then as before).
+- A `forward_timestep_embed_patch` runs each inserted module with `transformer_options`: the frames per clip
+  are derived on every call from the batch and `cond_or_uncond`; the node's settings travel in
+  `transformer_options["animatediff"]`.
+- Object patches swap the noise schedule (`model_sampling`) and, for v1 modules, the UNet's ResBlock and output
+  GroupNorms for ones that normalise over the clip (as v1's un-inflated UNet does); a DIFFUSION_MODEL wrapper
+  scopes the frame count those norms read.
+- An OUTER_SAMPLE wrapper checks the frame count before the first step.
+"""
+import contextvars
+import functools
+import logging
+import pickle
+import types
+
+import torch.nn.functional as F
+from einops import rearrange
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.ops
+import comfy.patcher_extension
+import comfy.utils
+from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
+
+from ..motion_modules import formats
+from ..motion_modules.model import MotionModel, VanillaTemporalModule
+
+KEY = "animatediff"
+BETA_SCHEDULES = ["autoselect", "use_model_default", "sqrt_linear", "linear", "cosine", "squaredcos_cap_v2",
+                  "sqrt", "lcm"]
+MODEL_FAMILIES = {"SD15": "SD1.5", "SDXL": "SDXL"}
+CLIP_FRAMES = contextvars.ContextVar("animatediff_clip_frames")
+
+
+class MotionModuleError(ValueError):
+    pass
+
+
+def load_motion_module(path, name):
+    """A ModelPatcher around the motion module in the file at `path` (`name` for messages)."""
+    try:
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise MotionModuleError(f"Could not read '{name}': {e}. The file is damaged or not a model file; "
+                                    "download it again.") from None
+        raise MotionModuleError(
+            f"Refused to load '{name}': it is a pickle that holds Python objects or code besides weights, and "
+            "only weights are loaded (nothing in it was run). Use a .safetensors copy of this motion module.") from None
+    except Exception as e:
+        raise MotionModuleError(
+            f"Could not read '{name}': {str(e).splitlines()[0] if str(e) else type(e).__name__}. The file is "
+            "damaged or incomplete (compare its size with the original) or is not a model file; download it "
+            "again.") from None
+    try:
+        info, sd = formats.load(sd)
+    except formats.NotAMotionModule as e:
+        raise MotionModuleError(f"'{name}' is not a motion module. {e}") from None
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    dtype = comfy.model_management.unet_dtype(model_params=sum(v.numel() for v in sd.values()))
+    model = MotionModel(**info.model_kwargs(), dtype=dtype, device=offload_device, operations=comfy.ops.manual_cast)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise MotionModuleError(f"'{name}' has an unexpected motion-module layout ({len(missing)} missing keys such "
+                                f"as {missing[:2]}, {len(unexpected)} unexpected such as {unexpected[:2]}).")
+    model.info = info
+    model.name = name
+    logging.info("AnimateDiff: loaded %s: %s %s motion module, %d frame positions", name, info.family, info.format,
+                 info.pe_rows)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect):
+    """A clone of `model` that runs `motion_module` (a patcher from `load_motion_module`) while sampling."""
+    info = motion_module.model.info
+    family = MODEL_FAMILIES.get(type(model.model.model_config).__name__, type(model.model.model_config).__name__)
+    if family != info.family:
+        raise MotionModuleError(
+            f"The motion module '{motion_module.model.name}' is for {info.family} ({info.format}), but the model is "
+            f"{family}. Use it with an {info.family} checkpoint, or load a motion module made for {family}.")
+    m = model.clone()
+    places = placements(m.get_model_object("diffusion_model"), motion_module.model)
+    m.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(
+        inject=functools.partial(inject, places), eject=functools.partial(eject, places))])
+    m.set_additional_models(KEY, [motion_module])
+    patches = m.model_options["transformer_options"].get("patches", {}).get("forward_timestep_embed_patch", [])
+    if not any(cls is VanillaTemporalModule for cls, _ in patches):
+        m.set_model_forward_timestep_embed_patch((VanillaTemporalModule, run_motion_module))
+    m.model_options["transformer_options"][KEY] = {
+        "name": motion_module.model.name, "format": info.format, "positions": info.pe_rows,
+        "motion_scale": motion_scale, "effect": effect}
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, check_frames)
+    if info.unet_norm_across_frames:
+        unet = m.get_model_object("diffusion_model")
+        norms = [f"{name}.{layers}.0" for name, layer in unet.named_modules() if isinstance(layer, ResBlock)
+                 for layers in ("in_layers", "out_layers")] + ["out.0"]
+        for name in norms:
+            m.add_object_patch(f"diffusion_model.{name}", ClipGroupNorm(comfy.utils.get_attr(unet, name)))
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, scope_clip_frames)
+    sampling = model_sampling(m, info.beta_schedule if beta_schedule == "autoselect" else beta_schedule)
+    if sampling is not None:
+        m.add_object_patch("model_sampling", sampling)
+    return m
+
+
+def placements(unet, motion_model):
+    """[(block, index, motion module)]: in each UNet block after its last SpatialTransformer, else after its
+    first ResBlock (so before any Downsample/Upsample); in the middle block between transformer and ResBlock."""
+    def level_blocks(blocks, ends_level):
+        levels, level = [], []
+        for block in blocks:
+            if isinstance(block[0], ResBlock):
+                level.append(block)
+            if ends_level(block):
+                levels.append(level)
+                level = []
+        return levels + [level] if level else levels
+
+    def index(block):
+        attention = [i for i, layer in enumerate(block) if isinstance(layer, SpatialTransformer)]
+        return attention[-1] + 1 if attention else 1
+
+    down = level_blocks(unet.input_blocks[1:], lambda b: isinstance(b[0], Downsample))
+    up = level_blocks(unet.output_blocks, lambda b: isinstance(b[-1], Upsample))
+    unet_layout = ([(b[0][0].out_channels, len(b)) for b in down], [(b[0][0].out_channels, len(b)) for b in up])
+    info = motion_model.info
+    if unet_layout != (list(info.down), list(info.up)):
+        raise MotionModuleError(
+            f"The motion module '{motion_model.name}' does not fit this UNet: its (channels, modules) per level are "
+            f"down {list(info.down)}, up {list(info.up)}; the UNet's are down {unet_layout[0]}, up {unet_layout[1]}.")
+    places = [(block, index(block), motion.motion_modules[i])
+              for levels, motion_blocks in ((down, motion_model.down_blocks), (up, motion_model.up_blocks))
+              for level, motion in zip(levels, motion_blocks) for i, block in enumerate(level)]
+    if motion_model.mid_block is not None:
+        places.append((unet.middle_block, index(unet.middle_block), motion_model.mid_block.motion_modules[0]))
+    return places
+
+
+def inject(places, model_patcher):
+    for block, i, module in places:
+        block.insert(i, module)
+
+
+def eject(places, model_patcher):
+    for block, i, module in places:
+        del block[i]
+
+
+def run_motion_module(layer, x, emb, context, transformer_options, *args):
+    settings = transformer_options[KEY]
+    if settings["effect"] == 0:
+        return x
+    frames = x.shape[0] // len(transformer_options.get("cond_or_uncond", [0]))
+    attention = functools.partial(optimized_attention, transformer_options=transformer_options)
+    return layer(x, frames, attention, settings["motion_scale"], settings["effect"])
+
+
+def check_frames(executor, noise, *args, **kwargs):
+    model_options = executor.class_obj.model_options
+    settings, frames = model_options["transformer_options"][KEY], noise.shape[0]
+    if frames > settings["positions"] and "context_handler" not in model_options:
+        raise MotionModuleError(
+            f"{frames} frames is more than the {settings['positions']} frame positions of the motion module "
+            f"'{settings['name']}'. Set the latent batch size (Empty Latent Image's batch_size) to at most "
+            f"{settings['positions']}, or sample in context windows.")
+    if frames < 2:
+        logging.warning("AnimateDiff needs a batch of frames: the latent batch has %d. Set the Empty Latent Image's "
+                        "batch_size to the number of frames (16 is typical).", frames)
+    return executor(noise, *args, **kwargs)
+
+
+class ClipGroupNorm(comfy.ops.disable_weight_init.GroupNorm):
+    """The UNet's own GroupNorm (the same parameters) with statistics over all frames of each clip."""
+
+    def __init__(self, norm):
+        super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x):
+        frames = CLIP_FRAMES.get()
+        # [(b f), c, h, w] -> [b, c, (f h), w]: one group's statistics span the clip
+        h = F.group_norm(rearrange(x, "(b f) c h w -> b c (f h) w", f=frames), self.num_groups,
+                         self.weight.to(x), self.bias.to(x), self.eps)
+        return rearrange(h, "b c (f h) w -> (b f) c h w", f=frames)
+
+
+def scope_clip_frames(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+    token = CLIP_FRAMES.set(x.shape[0] // len(transformer_options.get("cond_or_uncond", [0])))
+    try:
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+    finally:
+        CLIP_FRAMES.reset(token)
+
+
+def model_sampling(model, schedule):
+    """A `model_sampling` object with the beta schedule `schedule`, the model's prediction type and settings."""
+    if schedule == "use_model_default":
+        return None
+    base = comfy.model_sampling.ModelSamplingDiscrete
+    prediction = type(model.get_model_object("model_sampling")).__bases__[-1]
+    if schedule == "lcm":  # AnimateLCM: LCM's boundary condition and 50 original steps, on AnimateDiff's betas
+        from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
+        base, prediction, schedule = ModelSamplingDiscreteDistilled, LCM, "sqrt_linear"
+    settings = dict(model.model.model_config.sampling_settings, beta_schedule=schedule)
+    return type("AnimateDiffModelSampling", (base, prediction), {})(types.SimpleNamespace(sampling_settings=settings))
