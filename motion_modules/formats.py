@@ -57,12 +57,14 @@ def what_is(sd):
     def has(part):
         return any(part in k for k in keys)
 
-    if has("_lora.") or has("lora_down") or has("lora_up"):
+    if has("_lora.") or has("lora_down") or has("lora_up") or has("lora_A"):
         if has("motion_modules") or has("temporal"):
             return ("a MotionLoRA (a camera-motion LoRA for a motion module), not a motion module: it is applied "
                     "on top of a loaded motion module")
-        return ("a LoRA for the image model (such as the AnimateDiff v3 domain adapter), not a motion module: "
-                "apply it to the checkpoint as a LoRA")
+        if has(".attentions.") and has(".processor."):
+            return ("the AnimateDiff v3 domain adapter (a LoRA for the image model's spatial attention), not a "
+                    "motion module: apply it to the checkpoint as a LoRA")
+        return "a LoRA for the image model, not a motion module: apply it to the checkpoint as a LoRA"
     if has("controlnet_cond_embedding"):
         return "a SparseCtrl ControlNet, not a motion module: load it with a SparseCtrl loader"
     if has("img_encoder."):

@@ -16,6 +16,7 @@ import contextvars
 import functools
 import logging
 import pickle
+import re
 import types
 
 import torch.nn.functional as F
@@ -48,18 +49,17 @@ def load_motion_module(path, name):
     """A ModelPatcher around the motion module in the file at `path` (`name` for messages)."""
     try:
         sd = comfy.utils.load_torch_file(path, safe_load=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise MotionModuleError(f"Could not read '{name}': {e}. The file is damaged or not a model file; "
-                                    "download it again.") from None
-        raise MotionModuleError(
-            f"Refused to load '{name}': it is a pickle that holds Python objects or code besides weights, and "
-            "only weights are loaded (nothing in it was run). Use a .safetensors copy of this motion module.") from None
     except Exception as e:
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if code:
+            raise MotionModuleError(
+                f"Refused to load '{name}': it is a pickle that asks to run Python code ({code.group(1)}), and only "
+                "plain weights are loaded (nothing in it was run). Use a .safetensors copy of this motion "
+                "module.") from None
+        reason = "not valid pickle data" if isinstance(e, pickle.UnpicklingError) else str(e).strip().splitlines()[0]
         raise MotionModuleError(
-            f"Could not read '{name}': {str(e).splitlines()[0] if str(e) else type(e).__name__}. The file is "
-            "damaged or incomplete (compare its size with the original) or is not a model file; download it "
-            "again.") from None
+            f"Could not read '{name}' ({reason[:200]}). The file is damaged or incomplete (compare its size with "
+            "the original) or is not a model file; download it again.") from None
     try:
         info, sd = formats.load(sd)
     except formats.NotAMotionModule as e:
