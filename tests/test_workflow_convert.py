@@ -1,0 +1,370 @@
+"""workflows/txt2vid.json and scripts/workflow.py's UI -> API conversion, against node definitions built
+in-process from the real ComfyUI nodes and this pack's (the data GET /object_info returns), no server.
+"""
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_scripts_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wf = _load_script("workflow")
+comfyui_path = _load_script("comfyui_path")
+
+PACK_NODES = ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule")
+
+
+def _comfy_nodes():
+    """ComfyUI's `nodes` module with the built-in extra nodes and this pack loaded (reusing what is loaded)."""
+    path = comfyui_path.locate()
+    if not comfyui_path.is_comfyui(path):
+        pytest.skip(f"no ComfyUI at {path} (run scripts/setup.sh)")
+    if "nodes" not in sys.modules:
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        import utils.extra_config  # noqa: F401 - ComfyUI's `utils` package before nodes.py puts comfy/ first on sys.path
+    import nodes
+    if "SaveAnimatedWEBP" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if not all(n in nodes.NODE_CLASS_MAPPINGS for n in PACK_NODES):
+        assert asyncio.run(nodes.load_custom_node(REPO)), "the pack did not load into ComfyUI (see the log above)"
+    missing = [n for n in PACK_NODES if n not in nodes.NODE_CLASS_MAPPINGS]
+    assert not missing, f"the pack loaded but does not provide {missing}"
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(request):
+    """ComfyUI's `nodes` with everything loaded: from the test harness's `comfy` fixture when there is one
+    (so ComfyUI's nodes load once per session), else loaded here."""
+    try:
+        harness = request.getfixturevalue("comfy")
+    except pytest.FixtureLookupError:
+        return _comfy_nodes()
+    request.getfixturevalue("pack")  # fails with ComfyUI's log when the pack did not load
+    return harness.nodes
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_nodes):
+    return wf.node_definitions(comfy_nodes.NODE_CLASS_MAPPINGS, comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+@pytest.fixture
+def workflow():
+    with open(WORKFLOW, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def prompt(workflow, object_info):
+    return wf.ui_to_api(workflow, object_info)
+
+
+POSITIVE = ("a serene mountain lake at sunrise, gentle waves rippling across the water, mist drifting over the "
+            "surface, clouds slowly moving across the sky, birds flying in the distance, cinematic lighting, "
+            "highly detailed, masterpiece, best quality")
+NEGATIVE = ("worst quality, low quality, blurry, jpeg artifacts, watermark, text, signature, deformed, "
+            "disfigured, static, still image")
+
+EXPECTED = {
+    "1": {"inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+          "class_type": "CheckpointLoaderSimple", "_meta": {"title": "Load Checkpoint"}},
+    "2": {"inputs": {"text": POSITIVE, "clip": ["1", 1]},
+          "class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Positive Prompt)"}},
+    "3": {"inputs": {"text": NEGATIVE, "clip": ["1", 1]},
+          "class_type": "CLIPTextEncode", "_meta": {"title": "CLIP Text Encode (Negative Prompt)"}},
+    "4": {"inputs": {"width": 512, "height": 512, "batch_size": 16},
+          "class_type": "EmptyLatentImage", "_meta": {"title": "Empty Latent Image (batch size = frames)"}},
+    "5": {"inputs": {"motion_module": "mm_sd_v15_v2.ckpt"},
+          "class_type": "AnimateDiffLoadMotionModule", "_meta": {"title": "Load AnimateDiff Motion Module"}},
+    "6": {"inputs": {"beta_schedule": "autoselect", "motion_scale": 1, "effect": 1,
+                     "model": ["1", 0], "motion_module": ["5", 0]},
+          "class_type": "AnimateDiffApplyMotionModule", "_meta": {"title": "Apply AnimateDiff Motion Module"}},
+    "7": {"inputs": {"seed": 888888888, "steps": 20, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
+                     "denoise": 1, "model": ["6", 0], "positive": ["2", 0], "negative": ["3", 0],
+                     "latent_image": ["4", 0]},
+          "class_type": "KSampler", "_meta": {"title": "KSampler"}},
+    "8": {"inputs": {"samples": ["7", 0], "vae": ["1", 2]},
+          "class_type": "VAEDecode", "_meta": {"title": "VAE Decode"}},
+    "9": {"inputs": {"filename_prefix": "AnimateDiff", "fps": 8, "lossless": False, "quality": 85,
+                     "method": "default", "images": ["8", 0]},
+          "class_type": "SaveAnimatedWEBP", "_meta": {"title": "SaveAnimatedWEBP"}},
+}
+
+
+# --------------------------------------------------------------------------------- the workflow file
+
+def test_workflow_is_saved_in_the_editors_format(workflow):
+    assert workflow["version"] == 0.4
+    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert key in workflow
+    ids = [n["id"] for n in workflow["nodes"]]
+    assert len(set(ids)) == len(ids)
+    assert workflow["last_node_id"] == max(ids)
+    assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
+    for node in workflow["nodes"]:
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
+                    "widgets_values"):
+            assert key in node, (node["id"], key)
+        assert len(node["pos"]) == 2 and len(node["size"]) == 2
+        if node["type"] != "Note":
+            assert node["properties"]["Node name for S&R"] == node["type"]
+    assert sorted(n["order"] for n in workflow["nodes"]) == list(range(len(ids)))
+
+
+def test_links_agree_with_the_nodes_slots(workflow):
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, type_ in workflow["links"]:
+        output = nodes[src]["outputs"][src_slot]
+        target = nodes[dst]["inputs"][dst_slot]
+        assert link_id in output["links"] and target["link"] == link_id
+        assert output["type"] == target["type"] == type_
+    linked = {link[0] for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        for inp in node["inputs"]:
+            assert inp["link"] in linked
+        for out in node["outputs"]:
+            assert set(out["links"] or []) <= linked
+
+
+def test_slots_and_widgets_match_the_node_definitions(workflow, object_info):
+    for node in workflow["nodes"]:
+        if node["type"] in wf.VIRTUAL_NODE_TYPES:
+            continue
+        definition = object_info[node["type"]]
+        widths = sum(width for _, width in wf.widget_slots(definition))
+        assert len(node["widgets_values"]) == widths, node["type"]
+        assert [o["type"] for o in node["outputs"]] == list(definition["output"])
+        sockets = [name for name, spec in definition["input"]["required"].items()
+                   if not (isinstance(spec[0], list) or spec[0] in wf.WIDGET_TYPES)]
+        assert [i["name"] for i in node["inputs"]] == sockets, node["type"]
+
+
+def test_the_motion_graph(workflow):
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    by_type = {}
+    for n in workflow["nodes"]:
+        by_type.setdefault(n["type"], []).append(n)
+    assert nodes[by_type["KSampler"][0]["id"]]["widgets_values"][:2] == [888888888, "fixed"]
+    assert by_type["EmptyLatentImage"][0]["widgets_values"] == [512, 512, 16]
+    assert by_type["AnimateDiffLoadMotionModule"][0]["widgets_values"] == ["mm_sd_v15_v2.ckpt"]
+    assert by_type["AnimateDiffApplyMotionModule"][0]["widgets_values"] == ["autoselect", 1, 1]
+    assert by_type["SaveAnimatedWEBP"][0]["widgets_values"] == ["AnimateDiff", 8, False, 85, "default"]
+    assert by_type["CheckpointLoaderSimple"][0]["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
+    xs = {t: by_type[t][0]["pos"][0] for t in ("CheckpointLoaderSimple", "AnimateDiffApplyMotionModule",
+                                               "KSampler", "VAEDecode", "SaveAnimatedWEBP")}
+    assert xs["CheckpointLoaderSimple"] < xs["AnimateDiffApplyMotionModule"] < xs["KSampler"] \
+        < xs["VAEDecode"] < xs["SaveAnimatedWEBP"]
+
+
+# ---------------------------------------------------------------------------------- the conversion
+
+def test_pack_definitions_as_object_info_gives_them(object_info):
+    apply = object_info["AnimateDiffApplyMotionModule"]
+    assert apply["input_order"]["required"] == ["model", "motion_module", "beta_schedule", "motion_scale", "effect"]
+    assert apply["input"]["required"]["beta_schedule"][1]["default"] == "autoselect"
+    assert apply["display_name"] == "Apply AnimateDiff Motion Module"
+    assert object_info["AnimateDiffLoadMotionModule"]["output"] == ["ANIMATEDIFF_MOTION_MODULE"]
+    assert wf.widget_slots(object_info["KSampler"]) == [
+        ("seed", 2), ("steps", 1), ("cfg", 1), ("sampler_name", 1), ("scheduler", 1), ("denoise", 1)]
+
+
+def test_exported_prompt(prompt):
+    assert prompt == EXPECTED
+    json.dumps(prompt)  # plain JSON
+
+
+def test_links_connect_matching_types(prompt, object_info):
+    for node in prompt.values():
+        definition = object_info[node["class_type"]]
+        specs = {**definition["input"].get("required", {}), **definition["input"].get("optional", {})}
+        for name in definition["input"].get("required", {}):
+            assert name in node["inputs"], (node["class_type"], name)
+        for name, value in node["inputs"].items():
+            type_ = specs[name][0]
+            if isinstance(value, list):
+                source = prompt[value[0]]
+                assert object_info[source["class_type"]]["output"][value[1]] == type_, (node["class_type"], name)
+            elif isinstance(type_, list) or type_ == "COMBO":
+                options = type_ if isinstance(type_, list) else specs[name][1]["options"]
+                if name not in ("ckpt_name", "motion_module"):  # those lists depend on the files installed
+                    assert value in options, (node["class_type"], name, value)
+            elif type_ == "INT":
+                assert isinstance(value, int) and not isinstance(value, bool)
+            elif type_ == "FLOAT":
+                assert isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif type_ == "BOOLEAN":
+                assert isinstance(value, bool)
+            elif type_ == "STRING":
+                assert isinstance(value, str)
+
+
+def test_comfyui_accepts_the_prompt(comfy_nodes, prompt, monkeypatch):
+    """ComfyUI's own validation of POST /prompt, with the two model files pretended present."""
+    import execution
+    import folder_paths
+
+    real = folder_paths.get_filename_list
+    fake = {"checkpoints": ["v1-5-pruned-emaonly.safetensors"], "animatediff_models": ["mm_sd_v15_v2.ckpt"]}
+    monkeypatch.setattr(folder_paths, "get_filename_list", lambda name: fake.get(name) or real(name))
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", prompt, None))
+    assert valid, (error, node_errors)
+    assert outputs == ["9"] and not node_errors
+
+
+def test_every_part_of_the_conversion_is_json_only(workflow, object_info):
+    # Works on GET /object_info's JSON as well as on the in-process definitions.
+    assert wf.ui_to_api(workflow, json.loads(json.dumps(object_info))) == EXPECTED
+
+
+# ------------------------------------------------------------------ graphs the editor can also save
+
+def _node(workflow, type_):
+    return next(n for n in workflow["nodes"] if n["type"] == type_)
+
+
+def test_bypassed_node_passes_its_input_through(workflow, object_info):
+    _node(workflow, "AnimateDiffApplyMotionModule")["mode"] = wf.MODE_BYPASS
+    prompt = wf.ui_to_api(workflow, object_info)
+    assert "6" not in prompt
+    assert prompt["7"]["inputs"]["model"] == ["1", 0]
+    assert "5" in prompt  # still in the prompt; ComfyUI only runs what outputs need
+
+
+def test_muted_node_is_left_out_with_the_links_from_it(workflow, object_info):
+    _node(workflow, "AnimateDiffApplyMotionModule")["mode"] = wf.MODE_NEVER
+    prompt = wf.ui_to_api(workflow, object_info)
+    assert "6" not in prompt and "model" not in prompt["7"]["inputs"]
+
+
+def test_note_nodes_are_not_exported(workflow, object_info):
+    assert any(n["type"] == "Note" for n in workflow["nodes"])
+    assert "Note" not in {n["class_type"] for n in wf.ui_to_api(workflow, object_info).values()}
+
+
+def _add_node(workflow, node):
+    workflow["nodes"].append(node)
+    workflow["last_node_id"] = max(workflow["last_node_id"], node["id"])
+
+
+def _relink(workflow, link_id, **changes):
+    link = next(link for link in workflow["links"] if link[0] == link_id)
+    for key, value in changes.items():
+        link[{"origin_id": 1, "origin_slot": 2, "target_id": 3, "target_slot": 4}[key]] = value
+
+
+def test_reroute_is_followed(workflow, object_info):
+    # model link 3 (apply -> KSampler) through a Reroute: apply -> reroute (link 3) -> KSampler (link 12)
+    _add_node(workflow, {"id": 20, "type": "Reroute", "pos": [750, 500], "size": [75, 26], "flags": {}, "order": 10,
+                         "mode": 0, "inputs": [{"name": "", "type": "*", "link": 3}],
+                         "outputs": [{"name": "", "type": "MODEL", "links": [12]}],
+                         "properties": {"showOutputText": False, "horizontal": False}})
+    _relink(workflow, 3, target_id=20, target_slot=0)
+    workflow["links"].append([12, 20, 0, 7, 0, "MODEL"])
+    _node(workflow, "KSampler")["inputs"][0]["link"] = 12
+    prompt = wf.ui_to_api(workflow, object_info)
+    assert prompt["7"]["inputs"]["model"] == ["6", 0]
+    assert "20" not in prompt
+
+
+def test_widget_turned_into_an_input_keeps_its_place(workflow, object_info):
+    # seed driven by a PrimitiveNode: the KSampler's widgets_values keep the old seed, the link wins
+    sampler = _node(workflow, "KSampler")
+    sampler["inputs"].append({"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": 12})
+    _add_node(workflow, {"id": 20, "type": "PrimitiveNode", "pos": [600, 500], "size": [210, 82], "flags": {},
+                         "order": 10, "mode": 0, "inputs": [],
+                         "outputs": [{"name": "INT", "type": "INT", "links": [12],
+                                      "widget": {"name": "seed"}}],
+                         "title": "seed", "properties": {"Run widget replace on values": False},
+                         "widgets_values": [1234, "fixed"]})
+    workflow["links"].append([12, 20, 0, 7, 4, "INT"])
+    prompt = wf.ui_to_api(workflow, object_info)
+    assert prompt["7"]["inputs"]["seed"] == 1234
+    assert prompt["7"]["inputs"]["steps"] == 20 and prompt["7"]["inputs"]["denoise"] == 1
+    assert "20" not in prompt
+
+    # the same input fed by a real node (core PrimitiveInt) becomes a link
+    workflow["nodes"][-1].update(type="PrimitiveInt", properties={"Node name for S&R": "PrimitiveInt"},
+                                 widgets_values=[99, "fixed"])
+    prompt = wf.ui_to_api(workflow, object_info)
+    assert prompt["7"]["inputs"]["seed"] == ["20", 0]
+    assert prompt["20"]["inputs"] == {"value": 99}
+
+
+def test_upload_button_value_is_not_an_input(object_info):
+    load_image = {"id": 1, "type": "LoadImage", "mode": 0, "order": 0, "inputs": [],
+                  "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": None}],
+                  "properties": {}, "widgets_values": ["example.png", "image"]}
+    prompt = wf.ui_to_api({"nodes": [load_image], "links": []}, object_info)
+    assert prompt["1"]["inputs"] == {"image": "example.png"}
+
+
+def test_widgets_missing_from_an_older_save_get_their_defaults(workflow, object_info):
+    sampler = _node(workflow, "KSampler")
+    sampler["widgets_values"] = sampler["widgets_values"][:-1]  # saved before `denoise` existed
+    del _node(workflow, "SaveAnimatedWEBP")["widgets_values"]
+    prompt = wf.ui_to_api(workflow, object_info)
+    assert prompt["7"]["inputs"]["denoise"] == 1.0 and prompt["7"]["inputs"]["scheduler"] == "normal"
+    assert {k: v for k, v in prompt["9"]["inputs"].items() if k != "images"} == {
+        "filename_prefix": "ComfyUI", "fps": 6.0, "lossless": True, "quality": 80, "method": "default"}
+
+
+def test_unknown_node_types_are_reported(workflow, object_info):
+    info = {k: v for k, v in object_info.items() if k not in PACK_NODES}
+    with pytest.raises(wf.MissingNodeTypes) as e:
+        wf.ui_to_api(workflow, info)
+    assert e.value.types == sorted(PACK_NODES)
+    for node in workflow["nodes"]:
+        if node["type"] in PACK_NODES:
+            node["mode"] = wf.MODE_NEVER
+    assert "model" not in wf.ui_to_api(workflow, info)["7"]["inputs"]
+
+
+# ------------------------------------------------------------------------------------ prompt edits
+
+def test_set_inputs_by_id_type_or_title(prompt):
+    wf.set_inputs(prompt, {"KSampler": {"seed": 5}, "4": {"batch_size": 8},
+                           "CLIP Text Encode (Negative Prompt)": {"text": "blurry"}})
+    assert prompt["7"]["inputs"]["seed"] == 5
+    assert prompt["4"]["inputs"]["batch_size"] == 8
+    assert prompt["3"]["inputs"]["text"] == "blurry" and prompt["2"]["inputs"]["text"] == POSITIVE
+    with pytest.raises(KeyError):
+        wf.set_inputs(prompt, {"NoSuchNode": {"x": 1}})
+
+
+def test_apply_overrides_follows_the_samplers_links(prompt):
+    out = wf.apply_overrides(prompt, seed=1, frames=12, steps=3, width=64, height=96, positive="waves",
+                             negative="still", checkpoint="x.safetensors", motion_module="m.ckpt",
+                             filename_prefix="test/vid")
+    assert prompt == EXPECTED  # the original is left alone
+    assert out["7"]["inputs"]["seed"] == 1 and out["7"]["inputs"]["steps"] == 3
+    assert out["4"]["inputs"] == {"width": 64, "height": 96, "batch_size": 12}
+    assert out["2"]["inputs"]["text"] == "waves" and out["3"]["inputs"]["text"] == "still"
+    assert out["1"]["inputs"]["ckpt_name"] == "x.safetensors"
+    assert out["5"]["inputs"]["motion_module"] == "m.ckpt"
+    assert out["9"]["inputs"]["filename_prefix"] == "test/vid"
+    assert wf.apply_overrides(prompt) == EXPECTED
+
+
+def test_sync_widgets_writes_the_prompts_values_back(workflow, prompt, object_info):
+    edited = wf.apply_overrides(prompt, seed=3, frames=8, steps=2, width=64, height=64, positive="waves")
+    synced = wf.sync_widgets(workflow, edited, object_info)
+    assert _node(synced, "KSampler")["widgets_values"] == [3, "fixed", 2, 7.5, "euler", "normal", 1]
+    assert _node(synced, "EmptyLatentImage")["widgets_values"] == [64, 64, 8]
+    assert wf.ui_to_api(synced, object_info) == edited
+    assert _node(workflow, "KSampler")["widgets_values"][0] == 888888888  # the original is left alone
