@@ -460,6 +460,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
+EXTRA_MODELS = os.path.join(BASE_DIR, "extra_models")
+
+
+def write_extra_model_paths():
+    """An extra_model_paths.yaml as users of other AnimateDiff packs have: animatediff_models kept elsewhere."""
+    os.makedirs(os.path.join(EXTRA_MODELS, "animatediff_models"), exist_ok=True)
+    path = os.path.join(BASE_DIR, "extra_model_paths.yaml")
+    with open(path, "w") as f:
+        f.write(f"elsewhere:\n    base_path: {EXTRA_MODELS}\n    animatediff_models: animatediff_models\n")
+    return path
+
+
 class ComfyServer:
     """ComfyUI's main.py as a subprocess on the session's base directory (see the comfy_server fixture)."""
 
@@ -469,7 +481,8 @@ class ComfyServer:
         self.client_id = str(uuid.uuid4())
         self.log_path = os.path.join(BASE_DIR, f"server-{self.port}.log")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", BASE_DIR, "--disable-api-nodes", "--database-url", "sqlite:///:memory:"]
+               "--base-directory", BASE_DIR, "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
+               "--extra-model-paths-config", write_extra_model_paths()]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         t0 = time.perf_counter()
@@ -554,7 +567,8 @@ def comfy_server():
     """The real ComfyUI server (main.py --cpu ... --base-directory <the session base>), started on first use.
 
     Yields an object with `url`, `run(prompt, timeout=120)`, `get(route)`, `log_tail()`; stopped at the end
-    of the session (terminate, then kill after 10 s)."""
+    of the session (terminate, then kill after 10 s). It also reads an extra_model_paths.yaml that adds
+    EXTRA_MODELS/animatediff_models."""
     srv = ComfyServer()
     log.info("ComfyUI server on %s ready in %.1f s", srv.url, srv.startup_seconds)
     yield srv

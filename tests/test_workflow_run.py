@@ -1,0 +1,80 @@
+"""workflows/txt2vid.json, converted to an API prompt, runs on the real ComfyUI: in-process and over HTTP."""
+import importlib.util
+import json
+import os
+
+import pytest
+import requests
+from PIL import Image
+
+import builders
+from conftest import EXTRA_MODELS, REPO_DIR, PromptFailed
+
+spec = importlib.util.spec_from_file_location("workflow", os.path.join(REPO_DIR, "scripts", "workflow.py"))
+workflow = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workflow)
+
+MOTION_MODULE = "workflow_v2.safetensors"
+
+
+@pytest.fixture(scope="module")
+def motion_module(comfy):
+    path = os.path.join(comfy.models, "animatediff_models", MOTION_MODULE)
+    builders.save_file(builders.motion_module_sd("v2", channels=(320, 320, 320, 320)), path)
+    return MOTION_MODULE
+
+
+def txt2vid_prompt(object_info, checkpoint, motion_module, frames):
+    with open(os.path.join(REPO_DIR, "workflows", "txt2vid.json")) as f:
+        ui = json.load(f)
+    prompt = workflow.ui_to_api(ui, object_info)
+    return workflow.apply_overrides(prompt, width=64, height=64, frames=frames, steps=2, checkpoint=checkpoint,
+                                    motion_module=motion_module)
+
+
+def webp_frames(path):
+    with Image.open(path) as image:
+        return image.n_frames, image.size
+
+
+def test_txt2vid_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module):
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = txt2vid_prompt(info, sd15_ad_checkpoint, motion_module, frames=16)
+    assert [n["class_type"] for n in prompt.values()].count("AnimateDiffApplyMotionModule") == 1
+    outputs = comfy.run(prompt)
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert saved["filename"].endswith(".webp")
+    assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (16, (64, 64))
+
+
+def test_txt2vid_workflow_over_http(comfy_server, sd15_ad_checkpoint, motion_module):
+    prompt = txt2vid_prompt(comfy_server.get("/object_info"), sd15_ad_checkpoint, motion_module, frames=8)
+    outputs = comfy_server.run(prompt, timeout=300)
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    image = requests.get(comfy_server.url + "/view", params=saved, timeout=30)
+    assert image.status_code == 200 and image.content[8:12] == b"WEBP"
+
+
+def test_bad_file_over_http_fails_clearly_and_the_server_keeps_running(comfy_server, comfy, sd15_ad_checkpoint,
+                                                                       motion_module):
+    with open(os.path.join(comfy.models, "animatediff_models", "http_truncated.safetensors"), "wb") as f:
+        f.write(open(os.path.join(comfy.models, "animatediff_models", MOTION_MODULE), "rb").read()[:5000])
+    bad = txt2vid_prompt(comfy_server.get("/object_info"), sd15_ad_checkpoint, "http_truncated.safetensors", frames=2)
+    with pytest.raises(PromptFailed) as failure:
+        comfy_server.run(bad, timeout=300)
+    assert "damaged or incomplete" in str(failure.value)
+    assert failure.value.node_type == "AnimateDiffLoadMotionModule"
+    good = txt2vid_prompt(comfy_server.get("/object_info"), sd15_ad_checkpoint, motion_module, frames=2)
+    assert comfy_server.run(good, timeout=300)
+
+
+def test_extra_model_paths_folder_is_found(comfy_server):
+    name = "kept_elsewhere.safetensors"
+    builders.save_file(builders.motion_module_sd("v3", channels=(32, 64, 64, 64)),
+                       os.path.join(EXTRA_MODELS, "animatediff_models", name))
+    info = comfy_server.get("/object_info/AnimateDiffLoadMotionModule")["AnimateDiffLoadMotionModule"]
+    options = info["input"]["required"]["motion_module"][1]["options"]
+    assert name in options and MOTION_MODULE in options
+    prompt = {"1": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": name}},
+              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    assert comfy_server.run(prompt)
