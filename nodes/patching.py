@@ -7,9 +7,9 @@
 - A `forward_timestep_embed_patch` runs each inserted module with `transformer_options`: the frames per clip
   are derived on every call from the batch and `cond_or_uncond`; the node's settings travel in
   `transformer_options["animatediff"]`.
-- Object patches swap the noise schedule (`model_sampling`) and, for v1 modules, the UNet's ResBlock and output
-  GroupNorms for ones that normalise over the clip (as v1's un-inflated UNet does); a DIFFUSION_MODEL wrapper
-  scopes the frame count those norms read.
+- For v1 modules the same injection wraps the UNet's ResBlock and output GroupNorms so that they normalise over
+  the clip (as v1's un-inflated UNet does); a DIFFUSION_MODEL wrapper scopes the frame count those norms read.
+- An object patch swaps the noise schedule (`model_sampling`).
 - An OUTER_SAMPLE wrapper checks the frame count before the first step.
 """
 import contextvars
@@ -19,6 +19,7 @@ import pickle
 import re
 import types
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 
@@ -89,8 +90,9 @@ def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effec
             f"{family}. Use it with an {info.family} checkpoint, or load a motion module made for {family}.")
     m = model.clone()
     places = placements(m.get_model_object("diffusion_model"), motion_module.model)
+    clip_norms = info.unet_norm_across_frames
     m.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(
-        inject=functools.partial(inject, places), eject=functools.partial(eject, places))])
+        inject=functools.partial(inject, places, clip_norms), eject=functools.partial(eject, places, clip_norms))])
     m.set_additional_models(KEY, [motion_module])
     patches = m.model_options["transformer_options"].get("patches", {}).get("forward_timestep_embed_patch", [])
     if not any(cls is VanillaTemporalModule for cls, _ in patches):
@@ -99,12 +101,7 @@ def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effec
         "name": motion_module.model.name, "format": info.format, "positions": info.pe_rows,
         "motion_scale": motion_scale, "effect": effect}
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, check_frames)
-    if info.unet_norm_across_frames:
-        unet = m.get_model_object("diffusion_model")
-        norms = [f"{name}.{layers}.0" for name, layer in unet.named_modules() if isinstance(layer, ResBlock)
-                 for layers in ("in_layers", "out_layers")] + ["out.0"]
-        for name in norms:
-            m.add_object_patch(f"diffusion_model.{name}", ClipGroupNorm(comfy.utils.get_attr(unet, name)))
+    if clip_norms:
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, scope_clip_frames)
     sampling = model_sampling(m, info.beta_schedule if beta_schedule == "autoselect" else beta_schedule)
     if sampling is not None:
@@ -145,14 +142,26 @@ def placements(unet, motion_model):
     return places
 
 
-def inject(places, model_patcher):
+def inject(places, clip_norms, model_patcher):
     for block, i, module in places:
         block.insert(i, module)
+    if clip_norms:
+        for layers in norm_sequences(model_patcher.model.diffusion_model):
+            layers[0] = ClipGroupNorm(layers[0])
 
 
-def eject(places, model_patcher):
+def eject(places, clip_norms, model_patcher):
+    if clip_norms:
+        for layers in norm_sequences(model_patcher.model.diffusion_model):
+            layers[0] = layers[0].norm
     for block, i, module in places:
         del block[i]
+
+
+def norm_sequences(unet):
+    """The layer sequences that start with a GroupNorm v1's UNet normalises over the clip: ResBlocks', output's."""
+    resblocks = [m for m in unet.modules() if isinstance(m, ResBlock)]
+    return [r.in_layers for r in resblocks] + [r.out_layers for r in resblocks] + [unet.out]
 
 
 def run_motion_module(layer, x, emb, context, transformer_options, *args):
@@ -178,18 +187,18 @@ def check_frames(executor, noise, *args, **kwargs):
     return executor(noise, *args, **kwargs)
 
 
-class ClipGroupNorm(comfy.ops.disable_weight_init.GroupNorm):
-    """The UNet's own GroupNorm (the same parameters) with statistics over all frames of each clip."""
+class ClipGroupNorm(torch.nn.Module):
+    """Wraps one of the UNet's GroupNorms (while injected) to take its statistics over all frames of each clip."""
 
     def __init__(self, norm):
-        super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
-        self.weight, self.bias = norm.weight, norm.bias
+        super().__init__()
+        self.norm = norm
 
     def forward(self, x):
-        frames = CLIP_FRAMES.get()
+        frames, norm = CLIP_FRAMES.get(), self.norm
         # [(b f), c, h, w] -> [b, c, (f h), w]: one group's statistics span the clip
-        h = F.group_norm(rearrange(x, "(b f) c h w -> b c (f h) w", f=frames), self.num_groups,
-                         self.weight.to(x), self.bias.to(x), self.eps)
+        h = F.group_norm(rearrange(x, "(b f) c h w -> b c (f h) w", f=frames), norm.num_groups,
+                         norm.weight.to(x), norm.bias.to(x), norm.eps)
         return rearrange(h, "b c (f h) w -> (b f) c h w", f=frames)
 
 
