@@ -97,7 +97,7 @@ class Payload:
 
 
 def bad_files(directory):
-    """{file name: what the error must say} for damaged files and a pickle carrying code."""
+    """{file name: what the error must say} for damaged files, files of the wrong kind and a pickle carrying code."""
     good = builders.motion_module_sd("v2", channels=TINY["SD1.5"])
     builders.save_file(good, os.path.join(directory, "good.safetensors"))
     builders.save_file(good, os.path.join(directory, "good.ckpt"))
@@ -105,12 +105,15 @@ def bad_files(directory):
         data = open(os.path.join(directory, "good" + ext), "rb").read()
         open(os.path.join(directory, "truncated" + ext), "wb").write(data[: len(data) // 2])
         open(os.path.join(directory, "garbage" + ext), "wb").write(os.urandom(4096))
+    builders.save_file(builders.motion_lora_sd(TINY["SD1.5"], rank=4), os.path.join(directory, "lora.safetensors"))
+    builders.save_file(builders.sd15_checkpoint_keys_sd(), os.path.join(directory, "checkpoint.safetensors"))
     marker = os.path.join(directory, "pickle-ran")
     torch.save({"down_blocks.0.motion_modules.0.temporal_transformer.norm.weight": Payload(marker)},
                os.path.join(directory, "code.ckpt"), pickle_protocol=2)
     return marker, {"truncated.safetensors": "damaged or incomplete", "truncated.ckpt": "damaged or incomplete",
                     "garbage.safetensors": "damaged or incomplete", "garbage.ckpt": "damaged or incomplete",
-                    "code.ckpt": "asks to run Python code"}
+                    "code.ckpt": "asks to run Python code", "lora.safetensors": "is a MotionLoRA",
+                    "checkpoint.safetensors": "Stable Diffusion checkpoint"}
 
 
 def test_bad_files_fail_clearly_and_the_next_prompt_works(comfy):

@@ -177,3 +177,28 @@ def test_animatelcm_autoselects_lcm_sampling(comfy, files):
         model, module, "autoselect", 1.0, 1.0).result[0]
     sampling = patched.get_model_object("model_sampling")
     assert isinstance(sampling, ModelSamplingDiscreteDistilled) and isinstance(sampling, LCM)
+
+
+def test_frames_per_clip_follow_cond_or_uncond(comfy, tiny_sd15, tmp_path):
+    """cond and uncond batched together give the same as each run alone (ComfyUI splits them when memory is short);
+    reading the whole batch as one clip would not."""
+    import comfy.model_management as model_management
+    patching = comfy.pack.nodes.patching
+    path = str(tmp_path / "v2.safetensors")
+    builders.save_file(builders.motion_module_sd("v2", channels=(32, 64, 64, 64)), path)
+    m = patching.apply_motion_module(tiny_sd15, patching.load_motion_module(path, "v2"), "use_model_default", 1, 1)
+    model_management.load_models_gpu([m] + m.get_nested_additional_models())
+    frames, g = 6, torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2 * frames, 4, 8, 12, generator=g), torch.randn(2 * frames, 7, 768, generator=g)
+    t = torch.full((2 * frames,), 0.5)
+
+    def unet(rows, cond_or_uncond):
+        options = dict(m.model_options["transformer_options"], cond_or_uncond=cond_or_uncond)
+        with torch.no_grad():
+            return m.model.apply_model(x[rows], t[rows], c_crossattn=ctx[rows], transformer_options=options)
+
+    both = unet(slice(None), [1, 0])
+    alone = torch.cat([unet(slice(0, frames), [1]), unet(slice(frames, None), [0])])
+    torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-5)
+    assert (unet(slice(None), [1]) - both).abs().max() > 1e-2  # one clip of 12 frames is another computation
+    model_management.unload_all_models()
