@@ -31,6 +31,7 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
+from comfy.supported_models import SD15, SDXL
 
 from ..motion_modules import formats
 from ..motion_modules.model import MotionModel, VanillaTemporalModule
@@ -38,7 +39,6 @@ from ..motion_modules.model import MotionModel, VanillaTemporalModule
 KEY = "animatediff"
 BETA_SCHEDULES = ["autoselect", "use_model_default", "sqrt_linear", "linear", "cosine", "squaredcos_cap_v2",
                   "sqrt", "lcm"]
-MODEL_FAMILIES = {"SD15": "SD1.5", "SDXL": "SDXL"}
 CLIP_FRAMES = contextvars.ContextVar("animatediff_clip_frames")
 
 
@@ -83,7 +83,8 @@ def load_motion_module(path, name):
 def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect):
     """A clone of `model` that runs `motion_module` (a patcher from `load_motion_module`) while sampling."""
     info = motion_module.model.info
-    family = MODEL_FAMILIES.get(type(model.model.model_config).__name__, type(model.model.model_config).__name__)
+    config = model.model.model_config
+    family = "SD1.5" if isinstance(config, SD15) else "SDXL" if isinstance(config, SDXL) else type(config).__name__
     if family != info.family:
         raise MotionModuleError(
             f"The motion module '{motion_module.model.name}' is for {info.family} ({info.format}), but the model is "
