@@ -24,10 +24,11 @@ one's timings. Configurations:
         motion module (21 modules, 453.2 M parameters);
   tiny: the test suite's tiny SD1.5 layout (32 channels, channel_mult (1, 2, 2, 2)) with a v2 module of
         channels (32, 64, 64, 64).
-Weights are random (N(0, 1) / sqrt(fan_in)), fp32. Default latent: 16x16 on CPU, 64x64 on CUDA.
+Weights are random, fp32: the UNet's N(0, 1) / sqrt(fan_in), the motion module's as the tests build theirs
+(tests/builders.py). Default latent: 16x16 on CPU, 64x64 on CUDA. Measured numbers: benchmarks/README.md.
 
-    .venv/bin/python benchmarks/overhead.py                # both configurations, CPU: about 4 minutes
-    .venv/bin/python benchmarks/overhead.py --quick        # 1 timed pair, no memory cells: about 2 minutes
+    .venv/bin/python benchmarks/overhead.py                # both configurations, CPU: about 9 minutes
+    .venv/bin/python benchmarks/overhead.py --quick        # 1 timed pair, no memory cells
     .venv/bin/python benchmarks/overhead.py --device cuda --latent 64
 """
 import argparse
