@@ -12,6 +12,8 @@ folder_paths.folder_names_and_paths[MODELS] = (folder_paths.get_folder_paths(MOD
                                                folder_paths.supported_pt_extensions)
 
 MotionModule = io.Custom("ANIMATEDIFF_MOTION_MODULE")
+CONTEXT_SCHEDULES = ["standard_static", "standard_uniform", "looped_uniform", "batched"]
+FUSE_METHODS = ["pyramid", "flat", "overlap-linear", "relative"]
 
 
 class AnimateDiffLoadMotionModule(io.ComfyNode):
@@ -68,9 +70,57 @@ class AnimateDiffApplyMotionModule(io.ComfyNode):
         return io.NodeOutput(patching.apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect))
 
 
+class AnimateDiffContextWindows(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffContextWindows",
+            display_name="AnimateDiff Context Windows",
+            category="animatediff",
+            description="Samples animations longer than the motion module's 24/32 frame positions in overlapping "
+                        "windows of frames (ComfyUI's own context windows, with frames as the batch), fusing the "
+                        "windows' results. ControlNet hint batches and per-frame conditioning follow each window. "
+                        "The input model is left unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The animated model (after Apply AnimateDiff Motion Module)."),
+                io.Int.Input("context_length", default=16, min=1, max=4096,
+                             tooltip="Frames per window: at most the motion module's frame positions (24 or 32); "
+                                     "16 is what the modules were trained on."),
+                io.Int.Input("context_overlap", default=4, min=0, max=4096,
+                             tooltip="Frames shared by neighbouring windows; smaller than context_length. More "
+                                     "overlap gives smoother transitions and more windows to compute."),
+                io.Combo.Input("context_schedule", options=CONTEXT_SCHEDULES, default="standard_static",
+                               tooltip="standard_static: the same windows every step. standard_uniform: windows "
+                                       "that shift every step. looped_uniform: shifting windows that wrap around "
+                                       "(for looping animations). batched: back-to-back windows, no overlap."),
+                io.Int.Input("context_stride", default=1, min=1, max=16,
+                             tooltip="Uniform schedules only: above 1 also samples windows of every 2nd, 4th, ... "
+                                     "frame, tying distant frames together."),
+                io.Boolean.Input("closed_loop", default=False,
+                                 tooltip="looped_uniform only: add windows that join the end to the start, so the "
+                                         "animation loops."),
+                io.Combo.Input("fuse_method", options=FUSE_METHODS, default="pyramid",
+                               tooltip="How overlapping windows are blended: pyramid weights frames by their "
+                                       "distance from the window's edge, flat averages, overlap-linear ramps only "
+                                       "the overlap, relative weights by distance from the window's centre."),
+                io.Boolean.Input("freenoise", default=True,
+                                 tooltip="FreeNoise: frames past the first window start from shuffled copies of "
+                                         "the earlier frames' noise, so windows agree better. Off: plain noise."),
+            ],
+            outputs=[io.Model.Output(tooltip="A clone of the model that samples in context windows.")],
+        )
+
+    @classmethod
+    def execute(cls, model, context_length, context_overlap, context_schedule, context_stride, closed_loop,
+                fuse_method, freenoise):
+        return io.NodeOutput(patching.apply_context_windows(
+            model, context_length, context_overlap, context_schedule, context_stride, closed_loop, fuse_method,
+            freenoise))
+
+
 class AnimateDiffExtension(ComfyExtension):
     async def get_node_list(self):
-        return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule]
+        return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows]
 
 
 async def comfy_entrypoint():

@@ -11,6 +11,9 @@
   the clip (as v1's un-inflated UNet does); a DIFFUSION_MODEL wrapper scopes the frame count those norms read.
 - An object patch swaps the noise schedule (`model_sampling`).
 - An OUTER_SAMPLE wrapper checks the frame count before the first step.
+- Context windows: `context_windows.AnimateDiffContextHandler` (a subclass of ComfyUI's own handler) as the
+  model's `context_handler`, ComfyUI's PREPARE_SAMPLING wrapper that sizes memory for one window, and an
+  OUTER_SAMPLE wrapper that logs the window plan and applies FreeNoise to the initial noise.
 """
 import contextvars
 import functools
@@ -35,6 +38,12 @@ from comfy.supported_models import SD15, SDXL
 
 from ..motion_modules import formats
 from ..motion_modules.model import MotionModel, VanillaTemporalModule
+
+try:
+    import comfy.context_windows
+    from . import context_windows
+except ImportError:  # a ComfyUI without comfy.context_windows
+    context_windows = None
 
 KEY = "animatediff"
 BETA_SCHEDULES = ["autoselect", "use_model_default", "sqrt_linear", "linear", "cosine", "squaredcos_cap_v2",
@@ -177,11 +186,20 @@ def run_motion_module(layer, x, emb, context, transformer_options, *args):
 def check_frames(executor, noise, *args, **kwargs):
     model_options = executor.class_obj.model_options
     settings, frames = model_options["transformer_options"][KEY], noise.shape[0]
-    if frames > settings["positions"] and "context_handler" not in model_options:
+    handler, positions = model_options.get("context_handler"), settings["positions"]
+    ours = context_windows is not None and isinstance(handler, context_windows.AnimateDiffContextHandler)
+    if frames > positions and not ours:
         raise MotionModuleError(
-            f"{frames} frames is more than the {settings['positions']} frame positions of the motion module "
+            f"{frames} frames is more than the {positions} frame positions of the motion module "
             f"'{settings['name']}'. Set the latent batch size (Empty Latent Image's batch_size) to at most "
-            f"{settings['positions']}, or sample in context windows.")
+            f"{positions}, or sample in context windows: put AnimateDiff Context Windows after Apply AnimateDiff "
+            f"Motion Module" + (" (instead of ComfyUI's Context Windows (Manual), which does not handle frames "
+                                "as the batch)" if handler is not None else "") + ".")
+    if ours and handler.context_length > positions:
+        raise MotionModuleError(
+            f"context_length {handler.context_length} is more than the {positions} frame positions of the motion "
+            f"module '{settings['name']}'. Set AnimateDiff Context Windows' context_length to at most {positions} "
+            "(16 is what the modules were trained on).")
     if frames < 2:
         logging.warning("AnimateDiff needs a batch of frames: the latent batch has %d. Set the Empty Latent Image's "
                         "batch_size to the number of frames (16 is typical).", frames)
@@ -222,3 +240,31 @@ def model_sampling(model, schedule):
         base, prediction, schedule = ModelSamplingDiscreteDistilled, LCM, "sqrt_linear"
     settings = dict(model.model.model_config.sampling_settings, beta_schedule=schedule)
     return type("AnimateDiffModelSampling", (base, prediction), {})(types.SimpleNamespace(sampling_settings=settings))
+
+
+def apply_context_windows(model, context_length, context_overlap, context_schedule, context_stride, closed_loop,
+                          fuse_method, freenoise):
+    """A clone of `model` that samples its frames in overlapping windows (ComfyUI's context handler)."""
+    if context_windows is None:
+        raise MotionModuleError("AnimateDiff Context Windows needs ComfyUI's context-window support "
+                                "(comfy.context_windows, ComfyUI 0.3.75 or newer): update ComfyUI.")
+    if context_overlap >= context_length:
+        raise MotionModuleError(f"context_overlap ({context_overlap}) must be smaller than context_length "
+                                f"({context_length}): windows that overlap completely never advance.")
+    m = model.clone()
+    m.model_options["context_handler"] = context_windows.AnimateDiffContextHandler(
+        comfy.context_windows.get_matching_context_schedule(context_schedule),
+        comfy.context_windows.get_matching_fuse_method(fuse_method),
+        context_length, context_overlap, context_stride, closed_loop, freenoise)
+    comfy.context_windows.create_prepare_sampling_wrapper(m)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY + "_context", start_context_windows)
+    return m
+
+
+def start_context_windows(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                          disable_pbar=False, seed=None, **kwargs):
+    handler = executor.class_obj.model_options["context_handler"]
+    handler.log_plan(noise.shape[0])
+    if handler.freenoise:
+        noise = context_windows.freenoise(noise, handler.context_length, handler.context_overlap, seed or 0)
+    return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)

@@ -1,0 +1,124 @@
+"""Context windows for AnimateDiff: ComfyUI's own `IndexListContextHandler`, for frames as the batch dimension.
+
+A motion module knows 24 or 32 frame positions; longer animations are sampled in overlapping windows of frames
+whose results ComfyUI's handler fuses (its schedules and fuse weights, unchanged). What this subclass adds:
+
+- `set_step`: the core handler matches the whole timestep tensor against the sampling sigmas, which breaks when
+  the frames are the batch (one timestep per frame); all frames share the step, so the first one decides.
+- `get_context_windows`: the uniform schedules' windows with `context_stride` > 1 can reach past the last frame,
+  hold a frame twice or leave frames out; those are repaired, so every frame is in a window on every step.
+- `get_resized_cond`: per-frame model conditioning (`c_concat`, per-frame `c_crossattn`, ...) is sliced to the
+  window; the core handler only slices it when frames are not the batch dimension.
+- an EVALUATE_CONTEXT_WINDOWS callback that gives every ControlNet / T2I adapter in a cond's chain the hint
+  frames of the window (core alone hands each window the first frames of the hint batch), and publishes the
+  window in `transformer_options["ad_params"]` (`full_length`, `context_length`, `sub_idxs`) as other packs
+  expect; `execute` restores the hints afterwards, also when sampling is cancelled between windows.
+- `freenoise`: FreeNoise's initial noise (Qiu et al. 2023), frames beyond the first window reuse the shuffled
+  noise of the frames before them, so overlapping windows start from correlated noise.
+"""
+import logging
+
+import torch
+
+import comfy.controlnet
+import comfy.patcher_extension
+from comfy.context_windows import IndexListCallbacks, IndexListContextHandler, IndexListContextWindow
+
+KEY = "animatediff"
+
+
+class AnimateDiffContextHandler(IndexListContextHandler):
+    def __init__(self, context_schedule, fuse_method, context_length, context_overlap, context_stride, closed_loop,
+                 freenoise):
+        super().__init__(context_schedule, fuse_method, context_length, context_overlap, context_stride, closed_loop,
+                         dim=0)
+        self.freenoise = freenoise
+        self.hints = {}  # control object -> its full hint batch, while a step runs
+        comfy.patcher_extension.add_callback_with_key(IndexListCallbacks.EVALUATE_CONTEXT_WINDOWS, KEY,
+                                                      self.enter_window, self.callbacks)
+
+    def should_use_context(self, model, conds, x_in, timestep, model_options):
+        return x_in.size(0) > self.context_length  # the core handler logs this every step; see log_plan
+
+    def set_step(self, timestep, model_options):
+        super().set_step(timestep[:1], model_options)
+
+    def get_context_windows(self, model, x_in, model_options):
+        """The core schedule's windows, repaired where its uniform schedules go wrong with context_stride > 1
+        (indices past the last frame, a frame twice in one window, frames in no window): each window keeps its
+        distinct valid frames, and a frame left out gets a window of its neighbours."""
+        frames, windows = x_in.size(0), []
+        for window in super().get_context_windows(model, x_in, model_options):
+            frame_list = list(dict.fromkeys(i for i in window.index_list if 0 <= i < frames))
+            if frame_list and frame_list not in windows:
+                windows.append(frame_list)
+        missing = sorted(set(range(frames)).difference(*windows))
+        while missing:
+            start = min(missing[0], frames - self.context_length)
+            windows.append(list(range(start, start + self.context_length)))
+            missing = [i for i in missing if i >= start + self.context_length]
+        return [IndexListContextWindow(w, dim=0) for w in windows]
+
+    def plan(self, frames, step=0):
+        """The windows (lists of frame indices) of `step` for `frames` frames."""
+        if frames <= self.context_length:
+            return [list(range(frames))]
+        self._step = step
+        return [w.index_list for w in self.get_context_windows(None, torch.empty(frames), {})]
+
+    def log_plan(self, frames):
+        windows = self.plan(frames)
+        shifts = " (uniform schedules shift them every step)" if "uniform" in self.context_schedule.name else ""
+        logging.info("AnimateDiff context windows: %d window(s) over %d frames, %s, length %d, overlap %d, %s "
+                     "fuse%s: %s", len(windows), frames, self.context_schedule.name, self.context_length,
+                     self.context_overlap, self.fuse_method.name, shifts, " ".join(
+                         f"[{w[0]}-{w[-1]}]" if w == list(range(w[0], w[-1] + 1)) else str(w) for w in windows))
+
+    def get_resized_cond(self, cond_in, x_in, window, device=None):
+        resized = super().get_resized_cond(cond_in, x_in, window, device)
+        for cond in resized or []:
+            cond["model_conds"] = {
+                k: v._copy_with(window.get_tensor(v.cond, device))
+                if isinstance(v.cond, torch.Tensor) and v.cond.size(0) == x_in.size(0) else v
+                for k, v in cond["model_conds"].items()}
+        return resized
+
+    def enter_window(self, handler, model, x_in, conds, timestep, model_options, window_idx, window, *args):
+        model_options["transformer_options"]["ad_params"] = {
+            "full_length": x_in.size(0), "context_length": len(window.index_list), "sub_idxs": window.index_list}
+        for cond in conds:
+            for c in cond or []:
+                control = c.get("control")
+                while control is not None:
+                    full = self.hints.setdefault(control, control.cond_hint_original)
+                    if isinstance(full, torch.Tensor) and full.shape[0] == x_in.size(0):
+                        set_hint(control, full[window.index_list])
+                    control = control.previous_controlnet
+
+    def execute(self, calc_cond_batch, model, conds, x_in, timestep, model_options):
+        try:
+            return super().execute(calc_cond_batch, model, conds, x_in, timestep, model_options)
+        finally:
+            for control, full in self.hints.items():
+                set_hint(control, full)
+            self.hints = {}
+
+
+def set_hint(control, hint):
+    """Give a control object another hint batch; it recomputes what it cached from the old one."""
+    control.cond_hint_original = hint
+    control.cond_hint = None
+    if isinstance(control, comfy.controlnet.T2IAdapter):
+        control.control_input = None
+
+
+def freenoise(noise, context_length, context_overlap, seed):
+    """noise [frames, ...]: each frame past the first window takes the noise of one of the `context_length -
+    context_overlap` frames before that stretch, shuffled (a CPU generator seeded with `seed`)."""
+    stride = context_length - context_overlap
+    generator = torch.Generator().manual_seed(seed)
+    noise = noise.clone()
+    for start in range(context_length, noise.shape[0], stride):
+        count = min(stride, noise.shape[0] - start)
+        noise[start:start + count] = noise[start - stride + torch.randperm(stride, generator=generator)[:count]]
+    return noise

@@ -1,0 +1,204 @@
+"""Context windows: ComfyUI's own handler through the pack's subclass, on real ComfyUI sampling calls.
+
+Tiny SD1.5 UNets built with ComfyUI's classes and a v2 motion module (32 positions), sampled with
+comfy.sample.sample (what KSampler runs); a DIFFUSION_MODEL wrapper records what every UNet call received.
+"""
+import itertools
+import logging
+
+import pytest
+import torch
+
+import comfy.context_windows
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sample
+
+import builders
+import comfy_models
+
+CHANNELS = (32, 64, 64, 64)
+HEIGHT, WIDTH = 4, 6
+TOKENS = 3
+
+
+@pytest.fixture(autouse=True)
+def no_loaded_models():
+    comfy.model_management.unload_all_models()
+    yield
+    comfy.model_management.unload_all_models()
+
+
+@pytest.fixture(scope="module")
+def patching(comfy):
+    return comfy.pack.nodes.patching
+
+
+@pytest.fixture(scope="module")
+def context_windows(comfy):
+    return comfy.pack.nodes.context_windows
+
+
+@pytest.fixture(scope="module")
+def motion_module(patching, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cw") / "v2.safetensors")
+    builders.save_file(builders.motion_module_sd("v2", channels=CHANNELS, seed=3), path)
+    return patching.load_motion_module(path, "v2.safetensors")
+
+
+def animated(patching, motion_module, windows=None, **context):
+    """tiny UNet -> motion module -> (context windows), as the nodes chain them."""
+    m = patching.apply_motion_module(comfy_models.tiny_sd15_model(channels=CHANNELS), motion_module,
+                                     "autoselect", 1.0, 1.0)
+    if windows is not None:
+        settings = dict(context_length=16, context_overlap=4, context_schedule="standard_static", context_stride=1,
+                        closed_loop=False, fuse_method="pyramid", freenoise=True)
+        settings.update(context)
+        m = patching.apply_context_windows(m, **settings)
+    return m
+
+
+def record_unet_calls(model_patcher):
+    calls = []
+
+    def recorder(executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        calls.append(dict(x=x.clone(), context=context.clone(), cond_or_uncond=list(transformer_options["cond_or_uncond"]),
+                          ad_params=dict(transformer_options.get("ad_params") or {}),
+                          window=transformer_options.get("context_window")))
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test-recorder", recorder)
+    return calls
+
+
+def sample(model_patcher, frames, seed=0, steps=2, positive_frames=1):
+    g = torch.Generator().manual_seed(100 + seed)
+    positive = [[torch.randn(positive_frames, TOKENS, 768, generator=g), {}]]
+    negative = [[torch.randn(1, TOKENS, 768, generator=g), {}]]
+    latent = torch.zeros(frames, 4, HEIGHT, WIDTH)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    with torch.no_grad():
+        return comfy.sample.sample(model_patcher, noise, steps, 3.0, "euler", "normal", positive, negative, latent,
+                                   disable_pbar=True, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+SCHEDULE_CASES = [(schedule, length, overlap, stride, loop)
+                  for schedule in ("standard_static", "standard_uniform", "looped_uniform", "batched")
+                  for length, overlap, stride in itertools.product((16, 8), (4, 0), (1, 3))
+                  for loop in ((False, True) if schedule == "looped_uniform" else (False,))
+                  if schedule in ("standard_uniform", "looped_uniform") or stride == 1]
+
+
+@pytest.mark.parametrize("schedule, length, overlap, stride, loop", SCHEDULE_CASES)
+def test_every_frame_is_in_a_window_on_every_step(context_windows, schedule, length, overlap, stride, loop):
+    handler = context_windows.AnimateDiffContextHandler(
+        comfy.context_windows.get_matching_context_schedule(schedule),
+        comfy.context_windows.get_matching_fuse_method("pyramid"), length, overlap, stride, loop, False)
+    for frames in range(1, 301):
+        for step in range(4):
+            windows = handler.plan(frames, step)
+            assert set(range(frames)) == {i for w in windows for i in w}, (frames, step, windows)
+            for w in windows:
+                assert len(w) == len(set(w)) <= length and all(0 <= i < frames for i in w), (frames, step, w)
+            if stride == 1 and frames > length:  # where the core schedule is right, its windows are kept as they are
+                handler._step = step
+                assert windows == handler.context_schedule.func(frames, handler, {})
+        if "uniform" in schedule and frames > length:
+            assert handler.plan(frames, 0) != handler.plan(frames, 1), frames  # the windows shift between steps
+
+
+# ------------------------------------------------------------------------------------- windows in sampling
+
+def test_motion_module_sees_each_window_as_its_clip(patching, motion_module, caplog):
+    frames = 40
+    m = animated(patching, motion_module, windows=True)
+    calls = record_unet_calls(m)
+    seen = []
+    hook = motion_module.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].shape[0], args[1])))
+    try:
+        with caplog.at_level(logging.INFO):
+            out = sample(m, frames, steps=2)
+    finally:
+        hook.remove()
+    plan = m.model_options["context_handler"].plan(frames)
+    assert plan == [list(range(0, 16)), list(range(12, 28)), list(range(24, 40))]
+    assert len(calls) == 2 * len(plan)  # per step: one UNet call per window, cond and uncond batched
+    for call, window in zip(calls, plan * 2):
+        assert call["x"].shape[0] == 2 * len(window) and call["cond_or_uncond"] == [1, 0]
+        assert call["ad_params"] == {"full_length": frames, "context_length": len(window), "sub_idxs": window}
+        assert call["window"].index_list == window
+    assert seen == [(32, 16)] * len(calls)  # 2 clips of 16 frames: positions 0..15 of the window
+    assert out.shape == (frames, 4, HEIGHT, WIDTH) and torch.isfinite(out).all()
+    logged = [r.getMessage() for r in caplog.records if "context windows" in r.getMessage().lower()]
+    assert logged == ["AnimateDiff context windows: 3 window(s) over 40 frames, standard_static, length 16, "
+                      "overlap 4, pyramid fuse: [0-15] [12-27] [24-39]"]
+
+
+def test_windows_covering_all_frames_equal_no_windows(patching, motion_module):
+    plain = sample(animated(patching, motion_module), 16, seed=4)
+    windowed = sample(animated(patching, motion_module, windows=True, context_length=16), 16, seed=4)
+    assert torch.equal(plain, windowed)
+
+
+def test_per_frame_conditioning_is_sliced_to_the_window(patching, motion_module):
+    frames = 28
+    m = animated(patching, motion_module, windows=True, freenoise=False)
+    calls = record_unet_calls(m)
+    g = torch.Generator().manual_seed(100)
+    per_frame = torch.randn(frames, TOKENS, 768, generator=g)  # sample() draws the same positive first
+    sample(m, frames, positive_frames=frames, steps=1)
+    plan = m.model_options["context_handler"].plan(frames)
+    for call, window in zip(calls, plan):
+        cond = call["context"][: len(window)] if call["cond_or_uncond"][0] == 0 else call["context"][len(window):]
+        torch.testing.assert_close(cond, per_frame[window], rtol=0, atol=0)
+
+
+def test_freenoise_reuses_shuffled_noise_of_the_frames_before(patching, motion_module, context_windows):
+    frames, length, overlap = 40, 16, 4
+    noise = comfy.sample.prepare_noise(torch.zeros(frames, 4, HEIGHT, WIDTH), 7)
+    shuffled = context_windows.freenoise(noise, length, overlap, 7)
+    assert torch.equal(shuffled, context_windows.freenoise(noise, length, overlap, 7))  # deterministic per seed
+    assert not torch.equal(shuffled, context_windows.freenoise(noise, length, overlap, 8))
+    assert torch.equal(shuffled[:length], noise[:length])
+    stride = length - overlap
+    for start in range(length, frames, stride):
+        sources = [next(j for j in range(start - stride, start) if torch.equal(shuffled[i], shuffled[j]))
+                   for i in range(start, min(start + stride, frames))]
+        assert len(set(sources)) == len(sources)  # a permutation of the stretch before
+        assert sources != list(range(start - stride, start))[: len(sources)]
+
+    # through sampling: the first step's input carries FreeNoise's noise; off, plain noise
+    for enabled in (True, False):
+        m = animated(patching, motion_module, windows=True, freenoise=enabled)
+        calls = record_unet_calls(m)
+        sample(m, frames, seed=7, steps=1)
+        first = torch.empty(frames, 4, HEIGHT, WIDTH)
+        for call in calls:
+            first[call["ad_params"]["sub_idxs"]] = call["x"][: len(call["ad_params"]["sub_idxs"])]
+        expected = shuffled if enabled else noise
+        scale = first[0].flatten()[0] / expected[0].flatten()[0]
+        torch.testing.assert_close(first, expected * scale, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def test_context_length_above_the_positions_is_refused(patching, motion_module):
+    with pytest.raises(patching.MotionModuleError, match="context_length 40 is more than the 32 frame positions"):
+        sample(animated(patching, motion_module, windows=True, context_length=40, context_overlap=4), 48, steps=1)
+
+
+def test_overlap_must_be_smaller_than_length(patching, motion_module):
+    with pytest.raises(patching.MotionModuleError, match=r"context_overlap \(16\) must be smaller"):
+        animated(patching, motion_module, windows=True, context_overlap=16)
+
+
+def test_comfyui_manual_context_windows_are_named_in_the_error(patching, motion_module):
+    import comfy_extras.nodes_context_windows as core
+    m = core.ContextWindowsManualNode.execute(animated(patching, motion_module), 16, 4, "standard_static", 1, False,
+                                              "pyramid", 0).result[0]
+    with pytest.raises(patching.MotionModuleError, match="put AnimateDiff Context Windows after .*instead of "
+                                                         r"ComfyUI's Context Windows \(Manual\)"):
+        sample(m, 40, steps=1)
