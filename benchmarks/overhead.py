@@ -50,6 +50,7 @@ CFG = 7.0  # > 1, so every step evaluates cond and uncond
 CONFIGS = {  # name: (model_channels, channel_mult)
     "sd15": (320, (1, 2, 4, 4)),
     "tiny": (32, (1, 2, 2, 2)),
+    "ad320": (320, (1, 1, 1, 1)),  # the tests' SD1.5-detected checkpoint layout: 320 channels on every level
 }
 
 
@@ -175,13 +176,14 @@ def write_motion_module(ns, config, path):
     return path
 
 
-def sample(ns, patcher, latent, steps):
-    """What KSampler does: comfy.sample.sample on a 16-frame empty latent, positive and negative prompts."""
+def sample(ns, patcher, latent, steps, frames=FRAMES):
+    """What KSampler does: comfy.sample.sample on an empty latent of `frames` frames, positive and negative
+    prompts."""
     torch = ns.torch
     g = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 77, 768, generator=g), {}]]
     negative = [[torch.randn(1, 77, 768, generator=g), {}]]
-    latent_image = torch.zeros(FRAMES, 4, latent, latent)
+    latent_image = torch.zeros(frames, 4, latent, latent)
     noise = torch.randn(latent_image.shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():  # as ComfyUI runs its nodes
         return ns.comfy.sample.sample(patcher, noise, steps, CFG, "euler", "normal", positive, negative,

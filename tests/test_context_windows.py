@@ -202,3 +202,26 @@ def test_comfyui_manual_context_windows_are_named_in_the_error(patching, motion_
     with pytest.raises(patching.MotionModuleError, match="put AnimateDiff Context Windows after .*instead of "
                                                          r"ComfyUI's Context Windows \(Manual\)"):
         sample(m, 40, steps=1)
+
+
+def test_cancel_between_windows_leaves_the_model_clean(patching, motion_module):
+    base = comfy_models.tiny_sd15_model(channels=CHANNELS)
+    m = patching.apply_context_windows(patching.apply_motion_module(base, motion_module, "autoselect", 1.0, 1.0),
+                                       16, 4, "standard_static", 1, False, "pyramid", True)
+    calls = []
+
+    def cancel_after_two_windows(module, args):
+        calls.append(args[0].shape[0])
+        if len(calls) == 2:
+            comfy.model_management.interrupt_current_processing(True)
+
+    hook = motion_module.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(cancel_after_two_windows)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            sample(m, 40, steps=2)
+    finally:
+        hook.remove()
+    assert calls == [32, 32]  # the third window never ran
+    assert not comfy.model_management.processing_interrupted()
+    after = sample(base, 8, seed=5)  # the same base model, loaded again without the motion module
+    assert torch.equal(after, sample(comfy_models.tiny_sd15_model(channels=CHANNELS), 8, seed=5))

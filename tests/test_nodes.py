@@ -73,7 +73,7 @@ def latent(comfy, outputs):
 
 def test_nodes_are_registered_with_descriptions_and_tooltips(comfy):
     import nodes
-    for node_id in ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule"):
+    for node_id in ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule", "AnimateDiffContextWindows"):
         cls = nodes.NODE_CLASS_MAPPINGS[node_id]
         schema = cls.GET_SCHEMA()
         assert schema.category == "animatediff" and schema.description
@@ -81,6 +81,13 @@ def test_nodes_are_registered_with_descriptions_and_tooltips(comfy):
     inputs = nodes.NODE_CLASS_MAPPINGS["AnimateDiffApplyMotionModule"].INPUT_TYPES()["required"]
     assert list(inputs) == ["model", "motion_module", "beta_schedule", "motion_scale", "effect"]
     assert inputs["beta_schedule"][1]["default"] == "autoselect"
+    inputs = nodes.NODE_CLASS_MAPPINGS["AnimateDiffContextWindows"].INPUT_TYPES()["required"]
+    assert list(inputs) == ["model", "context_length", "context_overlap", "context_schedule", "context_stride",
+                            "closed_loop", "fuse_method", "freenoise"]
+    assert inputs["context_schedule"][0] == ["standard_static", "standard_uniform", "looped_uniform", "batched"]
+    assert inputs["fuse_method"][0] == ["pyramid", "flat", "overlap-linear", "relative"]
+    assert (inputs["context_length"][1]["default"], inputs["context_overlap"][1]["default"],
+            inputs["fuse_method"][1]["default"], inputs["freenoise"][1]["default"]) == (16, 4, "pyramid", True)
 
 
 def test_every_sampler_runs_the_motion_module(comfy, files):
