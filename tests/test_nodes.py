@@ -84,8 +84,8 @@ def test_nodes_are_registered_with_descriptions_and_tooltips(comfy):
     inputs = nodes.NODE_CLASS_MAPPINGS["AnimateDiffContextWindows"].INPUT_TYPES()["required"]
     assert list(inputs) == ["model", "context_length", "context_overlap", "context_schedule", "context_stride",
                             "closed_loop", "fuse_method", "freenoise"]
-    assert inputs["context_schedule"][0] == ["standard_static", "standard_uniform", "looped_uniform", "batched"]
-    assert inputs["fuse_method"][0] == ["pyramid", "flat", "overlap-linear", "relative"]
+    assert inputs["context_schedule"][1]["options"] == ["standard_static", "standard_uniform", "looped_uniform", "batched"]
+    assert inputs["fuse_method"][1]["options"] == ["pyramid", "flat", "overlap-linear", "relative"]
     assert (inputs["context_length"][1]["default"], inputs["context_overlap"][1]["default"],
             inputs["fuse_method"][1]["default"], inputs["freenoise"][1]["default"]) == (16, 4, "pyramid", True)
 
