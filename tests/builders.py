@@ -480,3 +480,191 @@ def write_sd15_checkpoint(path, seed=0, layout="minimal", dtype=torch.float16):
     sd["first_stage_model.vae_shift"] = torch.tensor(0.0)
     safetensors.torch.save_file(sd, os.fspath(path), metadata={"format": "pt"})
     return path
+
+
+# ------------------------------------------------------------------------------------- control models
+
+# input_hint_block of the original cldm ControlNet: conv 3x3 at Sequential indices 0, 2, ..., 14 (SiLU between),
+# output channels below then model_channels; the convs at indices 4, 8, 12 have stride 2 (image -> latent size).
+CLDM_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
+
+
+def _layout_kwargs(layout):
+    """ldm_unet_shapes keyword arguments of an SD15_LAYOUTS name or of a dict of them."""
+    return dict(SD15_LAYOUTS[layout]) if isinstance(layout, str) else dict(layout)
+
+
+def _block_out_channels(shapes, block_prefix):
+    """Output channels of one input block (conv, ResBlock [+ transformer], or Downsample) from a shape list."""
+    for suffix in ("0.weight", "0.out_layers.3.weight", "0.op.weight"):
+        for key, shape in shapes:
+            if key == block_prefix + suffix:
+                return shape[0]
+    raise KeyError(f"no input block {block_prefix!r} in the UNet shapes")
+
+
+def controlnet_shapes(layout="animatediff", hint_channels=3, model_channels=320, context_dim=768,
+                      prefix="control_model."):
+    """(key, shape) list of an SD1.5 ControlNet in the original ldm/cldm layout (`control_model.` prefix).
+
+    The encoder half of the UNet `ldm_unet_shapes(model_channels, context_dim, **layout)` describes (time_embed,
+    input_blocks, middle_block) plus what cldm adds: input_hint_block (convs hint_channels -> 16 -> 16 -> 32 ->
+    32 -> 96 -> 96 -> 256 -> model_channels, three of them stride 2), one 1x1 zero conv per input block
+    (`zero_convs.N.0`) and `middle_block_out.0`. layout: an SD15_LAYOUTS name or a dict of ldm_unet_shapes
+    arguments; the default matches write_sd15_checkpoint(layout="animatediff"). ComfyUI's ControlNetLoader
+    detects the config from these keys (comfy.model_detection with this prefix); SD15 matches (320 model
+    channels, context 768, conv proj_in), which supplies the 8 heads cldm needs, so keep model_channels 320,
+    context_dim 768 and at least one transformer on an input level. The middle block must exist: depth >= 1
+    (ResBlock, transformer, ResBlock) or 0 (then cldm builds a single ResBlock, and so does this list).
+    """
+    kw = _layout_kwargs(layout)
+    if kw.get("middle") is None:
+        raise ValueError("a cldm ControlNet always has a middle block: layout needs middle >= 0")
+    unet = ldm_unet_shapes(model_channels=model_channels, context_dim=context_dim, prefix="", **kw)
+    keep = ("time_embed.", "input_blocks.", "middle_block.0." if kw["middle"] == 0 else "middle_block.")
+    out = [(k, s) for k, s in unet if k.startswith(keep)]
+    chans = [model_channels] + list(CLDM_HINT_CHANNELS)
+    hint = []
+    for i, (ci, co) in enumerate(zip([hint_channels] + chans[1:], chans[1:] + [model_channels])):
+        hint += [(f"input_hint_block.{2 * i}.weight", (co, ci, 3, 3)), (f"input_hint_block.{2 * i}.bias", (co,))]
+    blocks = sorted({int(k.split(".")[1]) for k, _ in out if k.startswith("input_blocks.")})
+    zero = []
+    for n in blocks:
+        c = _block_out_channels(out, f"input_blocks.{n}.")
+        zero += [(f"zero_convs.{n}.0.weight", (c, c, 1, 1)), (f"zero_convs.{n}.0.bias", (c,))]
+    c_mid = dict(out)["middle_block.0.out_layers.3.weight"][0]
+    zero += [("middle_block_out.0.weight", (c_mid, c_mid, 1, 1)), ("middle_block_out.0.bias", (c_mid,))]
+    return [(prefix + k, s) for k, s in out + hint + zero]
+
+
+def controlnet_sd(layout="animatediff", hint_channels=3, seed=1, dtype=torch.float16, prefix="control_model."):
+    """Random-weight SD1.5 ControlNet state dict (controlnet_shapes), fp16 by default as most released files.
+
+    Zero convs are random like everything else (not zero as at the start of training), so applying it changes
+    the result. layout "animatediff": 37.4 M parameters (71 MiB in fp16), the input_hint_block 1.09 M of them.
+    """
+    return materialize(controlnet_shapes(layout, hint_channels, prefix=prefix), seed, dtype)
+
+
+def controlnet_diff_sd(layout="animatediff", hint_channels=3, seed=1, base=None, base_seed=0, dtype=torch.float16):
+    """A "diff" ControlNet (for DiffControlNetLoader): the `difference` key, and every weight that has a
+    counterpart in the model (`control_model.X` <-> `model.diffusion_model.X`: time_embed, input_blocks,
+    middle_block) stored as controlnet_sd(...) minus the model's weight; the rest (input_hint_block, zero convs,
+    middle_block_out) as is. ComfyUI adds the model's weights back at load (comfy.controlnet
+    load_controlnet_state_dict), so the loaded ControlNet equals controlnet_sd(layout, hint_channels, seed) up
+    to fp16 rounding of the difference and of the sum.
+
+    base: the model's state dict with checkpoint keys (`model.diffusion_model.*`), e.g. the checkpoint file
+    loaded; None: write_sd15_checkpoint(seed=base_seed, layout=layout)'s UNet, regenerated (same values).
+    """
+    target = controlnet_sd(layout, hint_channels, seed, dtype=None)
+    model_keys = {"model.diffusion_model." + k[len("control_model."):]: k for k in target}
+    if base is None:  # only the UNet tensors that have a ControlNet counterpart, as write_sd15_checkpoint has them
+        unet = ldm_unet_shapes(model_channels=320, context_dim=768, **_layout_kwargs(layout))
+        base = materialize([(k, s) for k, s in unet if k in model_keys], base_seed, torch.float16)
+    out = {}
+    for model_key, key in model_keys.items():
+        t = target[key]
+        if model_key in base:
+            t = t - base[model_key].float()
+        out[key] = t.to(dtype) if dtype is not None else t
+    out["difference"] = torch.tensor(1.0)
+    return out
+
+
+def t2i_adapter_shapes(c=32, hint_channels=3, ksize=1, use_conv=False):
+    """(key, shape) list of a T2I-Adapter in the original TencentARC layout (`conv_in`, `body.N.*`), the one
+    comfy.controlnet.load_t2i_adapter reads into comfy.t2i_adapter.adapter.Adapter (nums_rb 2, sk True):
+    levels with channels [c, 2c, 4c, 4c], two ResnetBlocks each (`in_conv` where the channels change,
+    `block1` 3x3, `block2` ksize x ksize, `down_opt.op` 3x3 stride 2 on levels 1-3 only when use_conv,
+    otherwise an average pool without weights). The pixel unshuffle by 8 makes conv_in's input
+    hint_channels * 64 (released SD1.x adapters: c 320, ksize 1, no down convs, 3 or 1 hint channels).
+
+    Its features are added after UNet input blocks 2, 5, 8, 11: a 4-level, 2-ResBlock SD1.5-structured UNet
+    with level channels (c, 2c, 4c, 4c), e.g. comfy_models.tiny_sd15_model(channels=(32, 64, 128, 128)) for c 32.
+    """
+    cin = hint_channels * 64
+    if cin in (256, 768):
+        raise ValueError(f"conv_in with {cin} input channels is read as an SDXL adapter by ComfyUI")
+    chans = [c, 2 * c, 4 * c, 4 * c]
+    out = [("conv_in.weight", (c, cin, 3, 3)), ("conv_in.bias", (c,))]
+    for i, co in enumerate(chans):
+        for j in range(2):
+            p, ci = f"body.{2 * i + j}.", chans[i - 1] if (i and j == 0) else co
+            if i and j == 0 and use_conv:
+                out += [(p + "down_opt.op.weight", (ci, ci, 3, 3)), (p + "down_opt.op.bias", (ci,))]
+            if ci != co:
+                out += [(p + "in_conv.weight", (co, ci, ksize, ksize)), (p + "in_conv.bias", (co,))]
+            out += [(p + "block1.weight", (co, co, 3, 3)), (p + "block1.bias", (co,)),
+                    (p + "block2.weight", (co, co, ksize, ksize)), (p + "block2.bias", (co,))]
+    return out
+
+
+def t2i_adapter_sd(c=32, hint_channels=3, ksize=1, use_conv=False, seed=2, dtype=torch.float16):
+    """Random-weight T2I-Adapter state dict (t2i_adapter_shapes); c 32, ksize 1: 0.82 M parameters (1.6 MiB fp16)."""
+    return materialize(t2i_adapter_shapes(c, hint_channels, ksize, use_conv), seed, dtype)
+
+
+# ------------------------------------------------------------------------------------------ hint frames
+
+HINT_FRAME_SCALE = 64  # frame i of hint_frames is the constant (i + 1) / 64: indices 0..63 fit in [0, 1]
+
+
+def hint_frames(frames, height=48, width=64, channels=3):
+    """ComfyUI IMAGE batch [frames, height, width, channels] (float32) whose frame i is the constant
+    (i + 1) / 64 in every channel, so hint_frame_indices can tell, from any hint tensor ComfyUI derives from
+    it (resized, batched, cast to fp16, pixel-unshuffled), which frames it holds. frames <= 63."""
+    if not 0 < frames < HINT_FRAME_SCALE:
+        raise ValueError(f"1 to {HINT_FRAME_SCALE - 1} frames")
+    values = (torch.arange(frames, dtype=torch.float32) + 1) / HINT_FRAME_SCALE
+    return values.view(frames, 1, 1, 1).expand(frames, height, width, channels).contiguous()
+
+
+def hint_frame_indices(hint):
+    """Frame index of every image of a hint batch built from hint_frames: round(mean * 64 - 1) per image
+    (batch on dim 0, any layout after it; 8-bit images are close enough: the error is at most 0.125)."""
+    means = hint.detach().float().reshape(hint.shape[0], -1).mean(dim=1)
+    return [int(v) for v in torch.round(means * HINT_FRAME_SCALE - 1).tolist()]
+
+
+def hint_module(control):
+    """The module of a loaded ComfyUI control object that receives the hint image batch first: cldm
+    ControlNet: `control_model.input_hint_block` (called once per UNet call); T2I-Adapter: the adapter's
+    first layer (`t2i_model.unshuffle`, or the adapter itself if it has none; ComfyUI runs it once per
+    sampling run and reuses its features). Duck-typed: no ComfyUI import."""
+    model = getattr(control, "control_model", None)
+    if model is not None and hasattr(model, "input_hint_block"):
+        return model.input_hint_block
+    adapter = getattr(control, "t2i_model", None)
+    if adapter is not None:
+        return getattr(adapter, "unshuffle", adapter)
+    raise TypeError(f"no hint-embedding module found on {type(control).__name__}")
+
+
+class HintFrameRecorder:
+    """Forward pre-hook on hint_module(control) that records hint_frame_indices of each batch it receives.
+
+        with builders.HintFrameRecorder(control_net) as calls:
+            ...sample...
+        calls == [[0, 1, ..., 7, 0, 1, ..., 7], ...]  # one list per call (cond and uncond batched: twice)
+
+    Copies ComfyUI makes of the control object (ControlNetApply* do) share the hooked module, so hooking the
+    loader's output sees every use. `shapes` holds each call's hint shape.
+    """
+
+    def __init__(self, control):
+        self.module = hint_module(control)
+        self.calls, self.shapes, self._handle = [], [], None
+
+    def _hook(self, module, args):
+        self.calls.append(hint_frame_indices(args[0]))
+        self.shapes.append(tuple(args[0].shape))
+
+    def __enter__(self):
+        self._handle = self.module.register_forward_pre_hook(self._hook)
+        return self.calls
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        self._handle = None
+        return False
