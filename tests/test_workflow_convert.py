@@ -11,6 +11,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
+WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json")
 
 
 def _load_script(name):
@@ -23,7 +24,7 @@ def _load_script(name):
 wf = _load_script("workflow")
 comfyui_path = _load_script("comfyui_path")
 
-PACK_NODES = ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule")
+PACK_NODES = ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule", "AnimateDiffContextWindows")
 
 
 def _comfy_nodes():
@@ -70,6 +71,13 @@ def workflow():
         return json.load(f)
 
 
+@pytest.fixture(params=WORKFLOWS)
+def saved_workflow(request):
+    """Each workflow in workflows/, as the editor saved it."""
+    with open(os.path.join(REPO, "workflows", request.param), encoding="utf-8") as f:
+        return json.load(f)
+
+
 @pytest.fixture
 def prompt(workflow, object_info):
     return wf.ui_to_api(workflow, object_info)
@@ -109,7 +117,8 @@ EXPECTED = {
 
 # --------------------------------------------------------------------------------- the workflow file
 
-def test_workflow_is_saved_in_the_editors_format(workflow):
+def test_workflow_is_saved_in_the_editors_format(saved_workflow):
+    workflow = saved_workflow
     assert workflow["version"] == 0.4
     for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
         assert key in workflow
@@ -127,7 +136,8 @@ def test_workflow_is_saved_in_the_editors_format(workflow):
     assert sorted(n["order"] for n in workflow["nodes"]) == list(range(len(ids)))
 
 
-def test_links_agree_with_the_nodes_slots(workflow):
+def test_links_agree_with_the_nodes_slots(saved_workflow):
+    workflow = saved_workflow
     nodes = {n["id"]: n for n in workflow["nodes"]}
     for link_id, src, src_slot, dst, dst_slot, type_ in workflow["links"]:
         output = nodes[src]["outputs"][src_slot]
@@ -142,15 +152,15 @@ def test_links_agree_with_the_nodes_slots(workflow):
             assert set(out["links"] or []) <= linked
 
 
-def test_slots_and_widgets_match_the_node_definitions(workflow, object_info):
-    for node in workflow["nodes"]:
+def test_slots_and_widgets_match_the_node_definitions(saved_workflow, object_info):
+    for node in saved_workflow["nodes"]:
         if node["type"] in wf.VIRTUAL_NODE_TYPES:
             continue
         definition = object_info[node["type"]]
         widths = sum(width for _, width in wf.widget_slots(definition))
         assert len(node["widgets_values"]) == widths, node["type"]
         assert [o["type"] for o in node["outputs"]] == list(definition["output"])
-        sockets = [name for name, spec in definition["input"]["required"].items()
+        sockets = [name for section in ("required", "optional") for name, spec in definition["input"].get(section, {}).items()
                    if not (isinstance(spec[0], list) or spec[0] in wf.WIDGET_TYPES)]
         assert [i["name"] for i in node["inputs"]] == sockets, node["type"]
 
@@ -328,7 +338,7 @@ def test_unknown_node_types_are_reported(workflow, object_info):
     info = {k: v for k, v in object_info.items() if k not in PACK_NODES}
     with pytest.raises(wf.MissingNodeTypes) as e:
         wf.ui_to_api(workflow, info)
-    assert e.value.types == sorted(PACK_NODES)
+    assert e.value.types == sorted({n["type"] for n in workflow["nodes"]} & set(PACK_NODES))
     for node in workflow["nodes"]:
         if node["type"] in PACK_NODES:
             node["mode"] = wf.MODE_NEVER
