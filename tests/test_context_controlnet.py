@@ -1,0 +1,169 @@
+"""Stock ControlNets under context windows: each window gets the hint frames of its own frames.
+
+API prompts through ComfyUI's PromptExecutor: CheckpointLoaderSimple (the 320-channel SD1.5 test checkpoint),
+ControlNetLoader / DiffControlNetLoader + LoadImage + ControlNetApplyAdvanced (chained), the pack's motion module
+and AnimateDiffContextWindows, KSampler. Which hint frames each ControlNet call received is read back from a
+forward pre-hook on the loaded ControlNet's hint embedding (builders.HintFrameRecorder: hint frame i is the
+constant (i + 1) / 64). A T2I adapter on a tiny UNet goes through the same nodes called directly.
+"""
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import comfy.model_management as model_management
+import comfy.sample as comfy_sample
+
+import builders
+import comfy_models
+
+WIDTH, HEIGHT, STEPS = 64, 48, 2
+CONTROLNET, DIFF_CONTROLNET = "cw_cn.safetensors", "cw_diff_cn.safetensors"
+MOTION_MODULE = "cw_v2.safetensors"
+WINDOWS_48 = [list(range(0, 16)), list(range(12, 28)), list(range(24, 40)), list(range(32, 48))]
+
+
+@pytest.fixture(scope="module")
+def files(comfy):
+    cn_dir = os.path.join(comfy.models, "controlnet")
+    os.makedirs(cn_dir, exist_ok=True)
+    builders.save_file(builders.controlnet_sd(), os.path.join(cn_dir, CONTROLNET))
+    builders.save_file(builders.controlnet_diff_sd(seed=5), os.path.join(cn_dir, DIFF_CONTROLNET))
+    builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
+                       os.path.join(comfy.models, "animatediff_models", MOTION_MODULE))
+    for frames in (48, 1):
+        images = [Image.fromarray((f.numpy() * 255).round().astype("uint8"))
+                  for f in builders.hint_frames(frames, HEIGHT, WIDTH)]
+        images[0].save(os.path.join(comfy.input_dir, f"cw_hints_{frames}.tiff"), save_all=True,
+                       append_images=images[1:])
+
+
+def prompt(ckpt, frames, hints=48, context_length=16, windows=True, chained=False, steps=STEPS):
+    p = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a dancer on a stage", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": frames}},
+        "5": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROLNET}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": f"cw_hints_{hints}.tiff"}},
+        "8": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "control_net": ["5", 0], "image": ["6", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
+        "10": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": MOTION_MODULE}},
+        "11": {"class_type": "AnimateDiffApplyMotionModule", "inputs": {
+            "model": ["1", 0], "motion_module": ["10", 0], "beta_schedule": "autoselect", "motion_scale": 1.0,
+            "effect": 1.0}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["11", 0], "positive": ["8", 0], "negative": ["8", 1], "latent_image": ["4", 0], "seed": 9,
+            "steps": steps, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "cw/lat"}},
+    }
+    if windows:
+        p["12"] = {"class_type": "AnimateDiffContextWindows", "inputs": {
+            "model": ["11", 0], "context_length": context_length, "context_overlap": 4,
+            "context_schedule": "standard_static", "context_stride": 1, "closed_loop": False,
+            "fuse_method": "pyramid", "freenoise": True}}
+        p["7"]["inputs"]["model"] = ["12", 0]
+    if chained:
+        p["15"] = {"class_type": "DiffControlNetLoader", "inputs": {"model": ["1", 0],
+                                                                    "control_net_name": DIFF_CONTROLNET}}
+        p["16"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["8", 0], "negative": ["8", 1], "control_net": ["15", 0], "image": ["6", 0],
+            "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
+        p["7"]["inputs"].update(positive=["16", 0], negative=["16", 1])
+    return p
+
+
+def run_hooked(comfy, p, loaders):
+    """Run the control loaders alone, hook what they returned, then the whole prompt on the same executor (the
+    loaders are served from its cache, so the hooked objects are the ones used). Returns the calls each
+    recorder saw and the result."""
+    ex = comfy.executor()
+    loaded = comfy.run(p, executor=ex, validate=False, outputs=loaders)
+    recorders = [builders.HintFrameRecorder(loaded.output(n)) for n in loaders]
+    for r in recorders:
+        r.__enter__()
+    try:
+        result = comfy.run(p, executor=ex)
+    finally:
+        for r in recorders:
+            r.__exit__(None, None, None)
+    assert set(loaders) <= set(result.cached)
+    return [r.calls for r in recorders], result
+
+
+def test_each_window_gets_its_hint_frames_in_chained_controlnets(comfy, files, sd15_ad_checkpoint):
+    (plain, diff), result = run_hooked(comfy, prompt(sd15_ad_checkpoint, 48, chained=True), ["5", "15"])
+    expected = [window * 2 for window in WINDOWS_48] * STEPS  # cond and uncond batched in each window's call
+    assert plain == expected and diff == expected
+    # afterwards the conditioning's control objects hold the whole hint batch again
+    control = result.output("16")[0][1]["control"]
+    assert control.previous_controlnet is not None
+    for c in (control, control.previous_controlnet):
+        assert builders.hint_frame_indices(c.cond_hint_original) == list(range(48)) and c.cond_hint is None
+
+
+def test_a_single_hint_image_applies_to_every_window(comfy, files, sd15_ad_checkpoint):
+    (calls,), _ = run_hooked(comfy, prompt(sd15_ad_checkpoint, 20, hints=1, steps=1), ["5"])
+    assert calls == [[0]] * 2  # both windows: the one image, which ComfyUI broadcasts to the batch
+
+
+def test_one_window_over_all_frames_equals_no_windows(comfy, files, sd15_ad_checkpoint):
+    def latent(p):
+        return comfy.run(p).output("7")["samples"]
+
+    hints_16 = builders.hint_frames(16, HEIGHT, WIDTH)
+    images = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in hints_16]
+    images[0].save(os.path.join(comfy.input_dir, "cw_hints_16.tiff"), save_all=True, append_images=images[1:])
+    windowed = latent(prompt(sd15_ad_checkpoint, 16, hints=16, context_length=16, steps=1))
+    plain = latent(prompt(sd15_ad_checkpoint, 16, hints=16, windows=False, steps=1))
+    assert torch.equal(windowed, plain)
+
+
+def test_t2i_adapter_gets_window_hints_and_is_restored_after_cancel(comfy, files, tmp_path):
+    import nodes
+    patching = comfy.pack.nodes.patching
+    channels = (32, 64, 128, 128)
+    builders.save_file(builders.t2i_adapter_sd(c=32), os.path.join(comfy.models, "controlnet", "cw_t2i.safetensors"))
+    path = builders.save_file(builders.motion_module_sd("v2", channels=channels), str(tmp_path / "mm.safetensors"))
+    motion = patching.load_motion_module(path, "mm.safetensors")
+    model = patching.apply_context_windows(
+        patching.apply_motion_module(comfy_models.tiny_sd15_model(channels=channels), motion, "autoselect", 1, 1),
+        16, 4, "standard_static", 1, False, "pyramid", False)
+    (adapter,) = nodes.ControlNetLoader().load_controlnet("cw_t2i.safetensors")
+    hints = builders.hint_frames(40, 32, 48)
+    g = torch.Generator().manual_seed(0)
+    positive, negative = nodes.ControlNetApplyAdvanced().apply_controlnet(
+        [[torch.randn(1, 3, 768, generator=g), {}]], [[torch.randn(1, 3, 768, generator=g), {}]], adapter, hints,
+        1.0, 0.0, 1.0)
+    latent = torch.zeros(40, 4, 4, 6)
+
+    def run():
+        with torch.no_grad():
+            comfy_sample.sample(model, comfy_sample.prepare_noise(latent, 1), 2, 3.0, "euler", "normal", positive,
+                                negative, latent, disable_pbar=True, seed=1)
+
+    windows = [list(range(0, 16)), list(range(12, 28)), list(range(24, 40))]
+    with builders.HintFrameRecorder(adapter) as calls:
+        run()
+    assert calls == [w * 2 for w in windows] * 2  # recomputed per window (T2I otherwise caches one hint)
+
+    control = positive[0][1]["control"]
+    full = control.cond_hint_original  # the hint batch as ControlNetApplyAdvanced stored it (channels first)
+    assert builders.hint_frame_indices(full) == list(range(40))
+    seen = []
+
+    def cancel_in_second_window(module, args):
+        seen.append(1)
+        if len(seen) == 2:
+            model_management.interrupt_current_processing(True)
+
+    hook = motion.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(cancel_in_second_window)
+    try:
+        with pytest.raises(model_management.InterruptProcessingException):
+            run()
+    finally:
+        hook.remove()
+    assert control.cond_hint_original is full and control.cond_hint is None and control.control_input is None
+    model_management.unload_all_models()
