@@ -78,3 +78,25 @@ def test_extra_model_paths_folder_is_found(comfy_server):
     prompt = {"1": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": name}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     assert comfy_server.run(prompt)
+
+
+def test_long_video_controlnet_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module):
+    """48 frames (more than the module's 32 positions) in context windows, a ControlNet fed 48 hint frames."""
+    from PIL import Image
+    os.makedirs(os.path.join(comfy.models, "controlnet"), exist_ok=True)
+    builders.save_file(builders.controlnet_sd(), os.path.join(comfy.models, "controlnet", "workflow_cn.safetensors"))
+    hints = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in builders.hint_frames(48, 64, 64)]
+    hints[0].save(os.path.join(comfy.input_dir, "workflow_hints.webp"), save_all=True, append_images=hints[1:],
+                  lossless=True)
+    with open(os.path.join(REPO_DIR, "workflows", "long_video_controlnet.json")) as f:
+        ui = json.load(f)
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, info), width=64, height=64, steps=1,
+                                      checkpoint=sd15_ad_checkpoint, motion_module=motion_module)
+    workflow.set_inputs(prompt, {"ControlNetLoader": {"control_net_name": "workflow_cn.safetensors"},
+                                 "LoadImage": {"image": "workflow_hints.webp"}})
+    assert [n["class_type"] for n in prompt.values()].count("AnimateDiffContextWindows") == 1
+    assert prompt[workflow.find_nodes(prompt, "EmptyLatentImage")[0]]["inputs"]["batch_size"] == 48
+    outputs = comfy.run(prompt)
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (48, (64, 64))
