@@ -33,7 +33,7 @@ class AnimateDiffContextHandler(IndexListContextHandler):
         super().__init__(context_schedule, fuse_method, context_length, context_overlap, context_stride, closed_loop,
                          dim=0)
         self.freenoise = freenoise
-        self.hints = {}  # control object -> its full hint batch, while a step runs
+        self.hints = {}  # control object -> its full hint batch, while a step runs windows on it
         comfy.patcher_extension.add_callback_with_key(IndexListCallbacks.EVALUATE_CONTEXT_WINDOWS, KEY,
                                                       self.enter_window, self.callbacks)
 
@@ -90,8 +90,9 @@ class AnimateDiffContextHandler(IndexListContextHandler):
             for c in cond or []:
                 control = c.get("control")
                 while control is not None:
-                    full = self.hints.setdefault(control, control.cond_hint_original)
-                    if isinstance(full, torch.Tensor) and full.shape[0] == x_in.size(0):
+                    full = self.hints.get(control, control.cond_hint_original)
+                    if isinstance(full, torch.Tensor) and full.shape[0] == x_in.size(0):  # one hint per frame
+                        self.hints[control] = full
                         set_hint(control, full[window.index_list])
                     control = control.previous_controlnet
 

@@ -225,3 +225,52 @@ def test_cancel_between_windows_leaves_the_model_clean(patching, motion_module):
     assert not comfy.model_management.processing_interrupted()
     after = sample(base, 8, seed=5)  # the same base model, loaded again without the motion module
     assert torch.equal(after, sample(comfy_models.tiny_sd15_model(channels=CHANNELS), 8, seed=5))
+
+
+def test_per_frame_model_conds_and_masks_are_sliced(context_windows):
+    """c_concat (inpainting latents), a per-frame mask and per-frame cross-attention follow the window; a
+    single-item cond stays whole."""
+    import comfy.conds
+    handler = context_windows.AnimateDiffContextHandler(
+        comfy.context_windows.get_matching_context_schedule("standard_static"),
+        comfy.context_windows.get_matching_fuse_method("pyramid"), 16, 4, 1, False, False)
+    frames = 40
+    x = torch.randn(frames, 4, HEIGHT, WIDTH)
+    concat, mask, text = torch.randn(frames, 5, HEIGHT, WIDTH), torch.rand(frames, HEIGHT, WIDTH), torch.randn(1, 3, 8)
+    cond = [{"model_conds": {"c_concat": comfy.conds.CONDNoiseShape(concat), "c_crossattn": comfy.conds.CONDCrossAttn(text),
+                             "per_frame": comfy.conds.CONDCrossAttn(concat[:, 0])},
+             "mask": mask, "strength": 1.0}]
+    window = handler.get_context_windows(None, x, {})[1]
+    (resized,) = handler.get_resized_cond(cond, x, window)
+    idx = list(range(12, 28))
+    assert window.index_list == idx
+    assert torch.equal(resized["model_conds"]["c_concat"].cond, concat[idx])
+    assert torch.equal(resized["model_conds"]["per_frame"].cond, concat[idx, 0])
+    assert resized["model_conds"]["c_crossattn"].cond is text
+    assert torch.equal(resized["mask"], mask[idx])
+    assert cond[0]["model_conds"]["c_concat"].cond is concat  # the original cond is left as it was
+
+
+def test_without_comfyui_context_windows_the_pack_loads_and_the_node_says_what_to_update(comfy):
+    """On a ComfyUI without comfy.context_windows: the pack loads, its other nodes work, the node names the fix."""
+    import subprocess
+    import sys
+    from conftest import COMFYUI_DIR, REPO_DIR
+    script = f"""
+import asyncio, sys
+sys.path.insert(0, {COMFYUI_DIR!r})
+from comfy.cli_args import args
+args.cpu = True
+import utils.install_util, nodes
+sys.modules["comfy.context_windows"] = None  # as on a ComfyUI that lacks it
+assert asyncio.run(nodes.load_custom_node({REPO_DIR!r}))
+cls = nodes.NODE_CLASS_MAPPINGS["AnimateDiffContextWindows"]
+assert "AnimateDiffApplyMotionModule" in nodes.NODE_CLASS_MAPPINGS
+try:
+    cls.execute(None, 16, 4, "standard_static", 1, False, "pyramid", True)
+except ValueError as e:
+    print("ERROR:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=COMFYUI_DIR, timeout=300)
+    assert "ERROR: AnimateDiff Context Windows needs ComfyUI's context-window support" in out.stdout, out.stderr[-3000:]
+    assert "update ComfyUI" in out.stdout
