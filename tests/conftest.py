@@ -7,7 +7,7 @@ At import (before any test module, so tests may import comfy modules at their to
   * comfy.cli_args.args: cpu, base_directory, disable_api_nodes, before folder_paths / model code loads.
 ComfyUI's nodes (built-in, comfy_extras and custom nodes, so this pack) load once, in the `comfy` fixture.
 
-Fixtures: comfy, pack, sd15_checkpoint, sd15_ad_checkpoint, comfy_server, tiny_sd15, tiny_sdxl.
+Fixtures: comfy, pack, patching, no_loaded_models, sd15_checkpoint, sd15_ad_checkpoint, comfy_server, tiny_sd15, tiny_sdxl.
 Set COMFYUI_TEST_KEEP_BASE=1 to keep the base directory after the session (its path is logged).
 """
 import os
@@ -403,6 +403,21 @@ def get_harness():
 @pytest.fixture(scope="session")
 def comfy():
     return get_harness()
+
+
+@pytest.fixture(scope="session")
+def patching(pack):
+    """The pack's `nodes.patching` module, as ComfyUI loaded it."""
+    return pack.nodes.patching
+
+
+@pytest.fixture
+def no_loaded_models():
+    """Tests that load models themselves start and end with nothing loaded (use with pytest.mark.usefixtures)."""
+    import comfy.model_management
+    comfy.model_management.unload_all_models()
+    yield
+    comfy.model_management.unload_all_models()
 
 
 @pytest.fixture(scope="session")

@@ -22,16 +22,7 @@ HEIGHT, WIDTH = 4, 6
 TOKENS = 3
 
 
-@pytest.fixture(autouse=True)
-def no_loaded_models():
-    comfy.model_management.unload_all_models()
-    yield
-    comfy.model_management.unload_all_models()
-
-
-@pytest.fixture(scope="module")
-def patching(comfy):
-    return comfy.pack.nodes.patching
+pytestmark = pytest.mark.usefixtures("no_loaded_models")
 
 
 @pytest.fixture(scope="module")

@@ -52,16 +52,7 @@ RES_BLOCKS = 2
 UNET_TOL = dict(atol=5e-5, rtol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def no_loaded_models():
-    comfy.model_management.unload_all_models()
-    yield
-    comfy.model_management.unload_all_models()
-
-
-@pytest.fixture(scope="module")
-def patching(comfy):
-    return comfy.pack.nodes.patching
+pytestmark = pytest.mark.usefixtures("no_loaded_models")
 
 
 @pytest.fixture(scope="module")
