@@ -8,7 +8,7 @@ overhead.LiveTensorPeak, weights aside; on CUDA max_memory_allocated over the al
 `--repeats` more are timed (the compute thread's CPU time on CPU). The size of one full-length latent batch is
 printed beside it: noise, latent and the handler's fused outputs are a few of those.
 
-    .venv/bin/python benchmarks/context_windows.py                      # tiny and ad320: about 10 minutes on CPU
+    .venv/bin/python benchmarks/context_windows.py                      # tiny and ad320: about 25 minutes on CPU
     .venv/bin/python benchmarks/context_windows.py --configs tiny --frames 16,64
 """
 import argparse
