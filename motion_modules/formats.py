@@ -50,8 +50,26 @@ class MotionModuleInfo:
                     norm_across_frames=self.norm_across_frames)
 
 
-def what_is(sd):
-    """Name the kind of a state dict that is not a motion module, with where it belongs; None if it may be one."""
+KINDS = {  # kind: (what such a file is, where it belongs)
+    "motion_module": ("an AnimateDiff motion module", "load it with Load AnimateDiff Motion Module "
+                      "(models/animatediff_models)"),
+    "motion_lora": ("a MotionLoRA (a camera-motion LoRA for a motion module)",
+                    "load it with Load AnimateDiff MotionLoRA on a loaded motion module (models/animatediff_motion_lora)"),
+    "domain_adapter": ("the AnimateDiff v3 domain adapter (a LoRA for the image model's spatial attention)",
+                       "apply it to the checkpoint's model with Apply AnimateDiff Domain Adapter"),
+    "image_lora": ("a LoRA for the image model", "apply it to the checkpoint with Load LoRA (models/loras)"),
+    "sparsectrl": ("a SparseCtrl ControlNet", "load it with a SparseCtrl loader (not part of this pack)"),
+    "animatelcm_i2v": ("an AnimateLCM-I2V image encoder and motion model", "it is not supported here"),
+    "cameractrl": ("a CameraCtrl pose-conditioned motion module", "it is not supported here"),
+    "pia": ("a PIA image-to-video model", "it is not supported here"),
+    "sd_checkpoint": ("a Stable Diffusion checkpoint or UNet", "load it with Load Checkpoint (models/checkpoints)"),
+    "unknown": ("not an AnimateDiff file: it has no '<block>.motion_modules.<n>.temporal_transformer.' keys",
+                "check that it is the file you meant"),
+}
+
+
+def classify(sd):
+    """The kind of a state dict (a key of KINDS), from its keys only."""
     keys = list(sd)
 
     def has(part):
@@ -59,36 +77,49 @@ def what_is(sd):
 
     if has("_lora.") or has("lora_down") or has("lora_up") or has("lora_A"):
         if has("motion_modules") or has("temporal"):
-            return ("a MotionLoRA (a camera-motion LoRA for a motion module), not a motion module: it is applied "
-                    "on top of a loaded motion module")
+            return "motion_lora"
         if has(".attentions.") and has(".processor."):
-            return ("the AnimateDiff v3 domain adapter (a LoRA for the image model's spatial attention), not a "
-                    "motion module: apply it to the checkpoint as a LoRA")
-        return "a LoRA for the image model, not a motion module: apply it to the checkpoint as a LoRA"
+            return "domain_adapter"
+        return "image_lora"
     if has("controlnet_cond_embedding"):
-        return "a SparseCtrl ControlNet, not a motion module: load it with a SparseCtrl loader"
+        return "sparsectrl"
     if has("img_encoder."):
-        return "an AnimateLCM-I2V image encoder and motion model, not a plain motion module (not supported here)"
+        return "animatelcm_i2v"
     if has("qkv_merge"):
-        return "a CameraCtrl pose-conditioned motion module (not supported here)"
+        return "cameractrl"
     if any(k.startswith("conv_in.") for k in keys) and has("motion_modules"):
-        return "a PIA image-to-video model, not a motion module (not supported here)"
+        return "pia"
     if any(k.startswith(p) for k in keys for p in ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.",
                                                    "conditioner.", "input_blocks.")) or has(".resnets."):
-        return ("a Stable Diffusion checkpoint or UNet, not a motion module: load it with Load Checkpoint and put it "
-                "in models/checkpoints")
+        return "sd_checkpoint"
     if not (has(".motion_modules.") or has(".temporal_attentions.")):
-        return ("not an AnimateDiff motion module: it has no '<block>.motion_modules.<n>.temporal_transformer.' "
-                "keys")
-    return None
+        return "unknown"
+    return "motion_module"
+
+
+def describe(kind):
+    """'This file is <what>: <where it belongs>.'"""
+    what, where = KINDS[kind]
+    return f"This file is {what}: {where}."
+
+
+def motion_lora_key_map(module_keys):
+    """{MotionLoRA entry name: motion-module weight key} for ComfyUI's LoRA loader (its `{name}_lora.up.weight`
+    form): `...attention_blocks.0.processor.to_q` -> `...attention_blocks.0.to_q.weight`, `processor.to_out` ->
+    `to_out.0.weight`."""
+    key_map = {}
+    for key in module_keys:
+        if re.search(r"\.attention_blocks\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", key):
+            key_map[re.sub(r"\.(to_\w+)(\.0)?\.weight$", r".processor.\1", key)] = key
+    return key_map
 
 
 def convert(sd):
     """Tensors only, Hotshot-XL renamed to the AnimateDiff layout, positions built where none are stored."""
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    problem = what_is(sd)
-    if problem:
-        raise NotAMotionModule(f"This file is {problem}.")
+    kind = classify(sd)
+    if kind != "motion_module":
+        raise NotAMotionModule(describe(kind))
     if any(".temporal_attentions." in k for k in sd):
         # {block}.temporal_attentions.{m}.X -> {block}.motion_modules.{m}.temporal_transformer.X
         sd = {re.sub(r"\.temporal_attentions\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", k)

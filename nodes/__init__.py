@@ -6,10 +6,32 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import patching
 
-MODELS = "animatediff_models"
-folder_paths.add_model_folder_path(MODELS, os.path.join(folder_paths.models_dir, MODELS), is_default=True)
-folder_paths.folder_names_and_paths[MODELS] = (folder_paths.get_folder_paths(MODELS),
-                                               folder_paths.supported_pt_extensions)
+MODELS, MOTION_LORAS = "animatediff_models", "animatediff_motion_lora"
+for folder in (MODELS, MOTION_LORAS):
+    folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder), is_default=True)
+    folder_paths.folder_names_and_paths[folder] = (folder_paths.get_folder_paths(folder),
+                                                   folder_paths.supported_pt_extensions)
+ADAPTER_FOLDERS = (MODELS, "loras")
+
+
+def domain_adapters():
+    """The files in models/animatediff_models and models/loras whose keys are a v3 domain adapter's."""
+    names = []
+    for folder in ADAPTER_FOLDERS:
+        for name in folder_paths.get_filename_list(folder):
+            path = folder_paths.get_full_path(folder, name)
+            stat = os.stat(path)
+            if name not in names and patching.file_kind(path, stat.st_mtime_ns, stat.st_size) == "domain_adapter":
+                names.append(name)
+    return names
+
+
+def adapter_path(name):
+    for folder in ADAPTER_FOLDERS:
+        path = folder_paths.get_full_path(folder, name)
+        if path:
+            return path
+    return folder_paths.get_full_path_or_raise(ADAPTER_FOLDERS[0], name)
 
 MotionModule = io.Custom("ANIMATEDIFF_MOTION_MODULE")
 CONTEXT_SCHEDULES = ["standard_static", "standard_uniform", "looped_uniform", "batched"]
@@ -70,6 +92,65 @@ class AnimateDiffApplyMotionModule(io.ComfyNode):
         return io.NodeOutput(patching.apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect))
 
 
+class AnimateDiffLoadMotionLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffLoadMotionLoRA",
+            display_name="Load AnimateDiff MotionLoRA",
+            category="animatediff",
+            description="Adds a MotionLoRA (a camera move such as ZoomIn, PanLeft or RollingClockwise, learned on the "
+                        "motion module's temporal attention) to a motion module. Chain several to combine moves. "
+                        "Official MotionLoRAs are trained on the v2 module (mm_sd_v15_v2).",
+            inputs=[
+                MotionModule.Input("motion_module", tooltip="From Load AnimateDiff Motion Module (or another "
+                                                            "MotionLoRA loader)."),
+                io.Combo.Input("lora_name", options=folder_paths.get_filename_list(MOTION_LORAS),
+                               tooltip="A MotionLoRA file in models/animatediff_motion_lora, e.g. "
+                                       "v2_lora_ZoomIn.ckpt."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="How strongly the camera move is applied: 1 as trained, 0 off, negative "
+                                       "values push the other way."),
+            ],
+            outputs=[MotionModule.Output(tooltip="A copy of the motion module with the MotionLoRA applied while "
+                                                 "it samples.")],
+        )
+
+    @classmethod
+    def execute(cls, motion_module, lora_name, strength):
+        path = folder_paths.get_full_path_or_raise(MOTION_LORAS, lora_name)
+        return io.NodeOutput(patching.load_motion_lora(motion_module, path, lora_name, strength))
+
+
+class AnimateDiffApplyDomainAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffApplyDomainAdapter",
+            display_name="Apply AnimateDiff Domain Adapter",
+            category="animatediff",
+            description="Applies the AnimateDiff v3 domain adapter (v3_sd15_adapter.ckpt), a LoRA on the SD1.5 "
+                        "model's spatial attention that was trained on video frames: at strength 1 the images "
+                        "take on the look of the training videos the v3 motion module expects; lower it (or leave "
+                        "the adapter out) to keep the checkpoint's own look. The input model is left unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.5 image model, usually before Apply AnimateDiff Motion "
+                                                "Module with a v3 motion module."),
+                io.Combo.Input("adapter_name", options=domain_adapters(),
+                               tooltip="A v3 domain adapter file in models/animatediff_models or models/loras "
+                                       "(only domain adapters are listed)."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="1 as trained, 0 leaves the model as it is; values in between soften "
+                                       "the video look."),
+            ],
+            outputs=[io.Model.Output(tooltip="A clone of the model with the domain adapter applied.")],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter_name, strength):
+        return io.NodeOutput(patching.apply_domain_adapter(model, adapter_path(adapter_name), adapter_name, strength))
+
+
 class AnimateDiffContextWindows(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -120,7 +201,8 @@ class AnimateDiffContextWindows(io.ComfyNode):
 
 class AnimateDiffExtension(ComfyExtension):
     async def get_node_list(self):
-        return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows]
+        return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows,
+                AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter]
 
 
 async def comfy_entrypoint():

@@ -21,11 +21,14 @@ import logging
 import pickle
 import re
 import types
+import zipfile
 
+import safetensors
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import comfy.lora
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
@@ -55,21 +58,41 @@ class MotionModuleError(ValueError):
     pass
 
 
-def load_motion_module(path, name):
-    """A ModelPatcher around the motion module in the file at `path` (`name` for messages)."""
+def read_file(path, name):
+    """The state dict in the file at `path` (`name` for messages); a pickle is read with weights_only=True."""
     try:
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        return comfy.utils.load_torch_file(path, safe_load=True)
     except Exception as e:
         code = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if code:
             raise MotionModuleError(
                 f"Refused to load '{name}': it is a pickle that asks to run Python code ({code.group(1)}), and only "
-                "plain weights are loaded (nothing in it was run). Use a .safetensors copy of this motion "
-                "module.") from None
+                "plain weights are loaded (nothing in it was run). Use a .safetensors copy of this file.") from None
         reason = "not valid pickle data" if isinstance(e, pickle.UnpicklingError) else str(e).strip().splitlines()[0]
         raise MotionModuleError(
             f"Could not read '{name}' ({reason[:200]}). The file is damaged or incomplete (compare its size with "
             "the original) or is not a model file; download it again.") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def file_kind(path, mtime_ns, size):
+    """formats.classify of the file at `path`, from its keys alone (safetensors header; a zip pickle memory-
+    mapped with weights_only=True, an old-style one read whole); None when it cannot be read. Cached per (path, mtime, size)."""
+    try:
+        if path.endswith(".safetensors"):
+            with safetensors.safe_open(path, framework="pt") as f:
+                keys = list(f.keys())
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            keys = list(sd.get("state_dict", sd))
+    except Exception:
+        return None
+    return formats.classify(dict.fromkeys(keys))
+
+
+def load_motion_module(path, name):
+    """A ModelPatcher around the motion module in the file at `path` (`name` for messages)."""
+    sd = read_file(path, name)
     try:
         info, sd = formats.load(sd)
     except formats.NotAMotionModule as e:
@@ -89,11 +112,15 @@ def load_motion_module(path, name):
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
+def model_family(model):
+    config = model.model.model_config
+    return "SD1.5" if isinstance(config, SD15) else "SDXL" if isinstance(config, SDXL) else type(config).__name__
+
+
 def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect):
     """A clone of `model` that runs `motion_module` (a patcher from `load_motion_module`) while sampling."""
     info = motion_module.model.info
-    config = model.model.model_config
-    family = "SD1.5" if isinstance(config, SD15) else "SDXL" if isinstance(config, SDXL) else type(config).__name__
+    family = model_family(model)
     if family != info.family:
         raise MotionModuleError(
             f"The motion module '{motion_module.model.name}' is for {info.family} ({info.format}), but the model is "
@@ -268,3 +295,61 @@ def start_context_windows(executor, noise, latent_image, sampler, sigmas, denois
     if handler.freenoise:
         noise = context_windows.freenoise(noise, handler.context_length, handler.context_overlap, seed or 0)
     return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
+
+
+def lora_patches(sd, key_map, weights, name, kind, target):
+    """ComfyUI LoRA patches of the processor-LoRA state dict `sd` ({name}_lora.up/down.weight) on the weights
+    `key_map` names, shapes checked; also the entry names that have no target."""
+    if formats.classify(sd) != kind:
+        raise MotionModuleError(f"'{name}' is not {formats.KINDS[kind][0]}. {formats.describe(formats.classify(sd))}")
+    patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
+    entries = sorted({k.rsplit("_lora.", 1)[0] for k in sd if "_lora." in k})
+    unmatched = [e for e in entries if e not in key_map]
+    if not patches:
+        raise MotionModuleError(f"None of the {len(entries)} LoRA entries of '{name}' (such as '{entries[0]}') "
+                                f"matches a weight of {target}: it was made for another model.")
+    for key, patch in patches.items():
+        up, down = patch.weights[0], patch.weights[1]
+        if (up.shape[0], down.shape[1]) != tuple(weights[key].shape):
+            raise MotionModuleError(f"'{name}' was made for another model: its entry for {key} is "
+                                    f"{up.shape[0]}x{down.shape[1]}, but the weight of {target} is "
+                                    f"{tuple(weights[key].shape)}.")
+    return patches, unmatched
+
+
+def load_motion_lora(motion_module, path, name, strength):
+    """A clone of the motion-module patcher with the MotionLoRA at `path` as weight patches: W + strength * up @ down."""
+    module = motion_module.model
+    weights = module.state_dict()
+    patches, unmatched = lora_patches(read_file(path, name), formats.motion_lora_key_map(weights), weights, name,
+                                      "motion_lora", f"the motion module '{module.name}'")
+    other = [e for e in unmatched if not e.startswith("mid_block.")]
+    if other:
+        raise MotionModuleError(f"{len(other)} LoRA entries of '{name}' (such as '{other[0]}') match no weight of "
+                                f"the motion module '{module.name}' ({module.info.format}): it was made for another "
+                                "kind of motion module.")
+    m = motion_module.clone()
+    m.add_patches(patches, strength)
+    logging.info("AnimateDiff: MotionLoRA %s at strength %g on %s: %d of %d LoRA weights applied%s", name, strength,
+                 module.name, len(patches), len(patches) + len(unmatched),
+                 f"; {len(unmatched)} mid-block weights skipped (this {module.info.format} module has no mid block)"
+                 if unmatched else "")
+    return m
+
+
+def apply_domain_adapter(model, path, name, strength):
+    """A clone of `model` with the v3 domain adapter at `path` applied through ComfyUI's LoRA patching."""
+    family = model_family(model)
+    if family != "SD1.5":
+        raise MotionModuleError(f"The domain adapter '{name}' is for SD1.5 (AnimateDiff v3), but the model is "
+                                f"{family}. Use it with an SD1.5 checkpoint.")
+    weights = model.model_state_dict()
+    patches, unmatched = lora_patches(read_file(path, name), comfy.lora.model_lora_keys_unet(model.model, {}),
+                                      weights, name, "domain_adapter", "this SD1.5 UNet")
+    if unmatched:
+        raise MotionModuleError(f"{len(unmatched)} LoRA entries of '{name}' (such as '{unmatched[0]}') match no "
+                                "weight of this SD1.5 UNet: it was made for another model.")
+    m = model.clone()
+    m.add_patches(patches, strength)
+    logging.info("AnimateDiff: domain adapter %s at strength %g: %d LoRA weights", name, strength, len(patches))
+    return m
