@@ -242,6 +242,13 @@ def v3_adapter_sd(rank=128, channels=SD15_CHANNELS, context_dim=768, seed=0, dty
     return materialize(v3_adapter_shapes(rank, channels, context_dim), seed, dtype)
 
 
+def v3_adapter_sd_for_ad_layout(rank=4, seed=0):
+    """The v3 domain adapter's entries that write_sd15_checkpoint's "animatediff" layout has spatial transformers
+    for (level 0 down and up, the middle block; 320 channels), so it applies to that checkpoint."""
+    return {k: v for k, v in v3_adapter_sd(rank=rank, channels=(320,) * 4, seed=seed).items()
+            if k.startswith(("down_blocks.0.", "mid_block.", "up_blocks.3."))}
+
+
 def sparsectrl_sd(channels=SD15_CHANNELS, seed=0, dtype=torch.float32):
     """SparseCtrl-like file: a ControlNet (diffusers naming, a few small keys) with motion modules in its
     down blocks only (pe 32). Has `controlnet_cond_embedding.*` and, like the real file, `conv_in.weight`."""

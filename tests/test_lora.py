@@ -14,13 +14,6 @@ SD15_AD = (320, 320, 320, 320)  # fits the "animatediff" checkpoint layout
 RANK = 4
 
 
-def adapter_sd():
-    """A v3 domain adapter for the test checkpoint: its entries on the spatial transformers that checkpoint has
-    (level 0 down and up, the middle block; the real adapter also has levels 1 and 2)."""
-    return {k: v for k, v in builders.v3_adapter_sd(rank=RANK, channels=SD15_AD).items()
-            if k.startswith(("down_blocks.0.", "mid_block.", "up_blocks.3."))}
-
-
 @pytest.fixture(scope="module")
 def files(comfy):
     models = comfy.models
@@ -34,8 +27,8 @@ def files(comfy):
     builders.save_file(builders.motion_lora_sd(SD15_AD, rank=RANK, seed=1), os.path.join(lora, "zoom.ckpt"))
     builders.save_file(builders.motion_lora_sd(SD15_AD, rank=RANK, seed=2), os.path.join(lora, "pan.safetensors"))
     builders.save_file(builders.motion_lora_sd((32, 64, 64, 64), rank=RANK), os.path.join(lora, "tiny.safetensors"))
-    builders.save_file(adapter_sd(), os.path.join(loras, "adapter.ckpt"))
-    builders.save_file(adapter_sd(), os.path.join(mm, "v3_adapter.safetensors"))
+    builders.save_file(builders.v3_adapter_sd_for_ad_layout(RANK), os.path.join(loras, "adapter.ckpt"))
+    builders.save_file(builders.v3_adapter_sd_for_ad_layout(RANK), os.path.join(mm, "v3_adapter.safetensors"))
     # files of other kinds in the wrong folders, as users put them
     builders.save_file(builders.v3_adapter_sd(rank=RANK, channels=SD15_AD), os.path.join(lora, "adapter_here.ckpt"))
     builders.save_file(builders.motion_module_sd("v2", channels=SD15_AD), os.path.join(lora, "module_here.ckpt"))
@@ -98,7 +91,10 @@ def test_the_combos_list_the_right_files(comfy, files):
     assert {"zoom.ckpt", "pan.safetensors", "tiny.safetensors"} <= set(loras)
     adapters = nodes.NODE_CLASS_MAPPINGS["AnimateDiffApplyDomainAdapter"].INPUT_TYPES()["required"]["adapter_name"]
     # domain adapters from animatediff_models and loras, found by their keys; nothing else from either folder
-    assert sorted(adapters[1]["options"]) == ["adapter.ckpt", "v3_adapter.safetensors"]
+    options = set(adapters[1]["options"])
+    assert {"adapter.ckpt", "v3_adapter.safetensors"} <= options
+    assert not options & {"motion_lora_in_loras.ckpt", "lora_v2.safetensors", "lora_v3.safetensors",
+                          "lora_sdxl.safetensors", "adapter_here.ckpt"}
 
 
 def test_motion_loras_change_sampling_and_leave_nothing_patched(comfy, files, sd15_ad_checkpoint):

@@ -11,7 +11,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
-WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json")
+WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json", "motion_lora.json", "v3_adapter.json")
 
 
 def _load_script(name):
@@ -24,7 +24,8 @@ def _load_script(name):
 wf = _load_script("workflow")
 comfyui_path = _load_script("comfyui_path")
 
-PACK_NODES = ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule", "AnimateDiffContextWindows")
+PACK_NODES = ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule", "AnimateDiffContextWindows",
+              "AnimateDiffLoadMotionLoRA", "AnimateDiffApplyDomainAdapter")
 
 
 def _comfy_nodes():

@@ -100,3 +100,31 @@ def test_long_video_controlnet_workflow_in_process(comfy, sd15_ad_checkpoint, mo
     outputs = comfy.run(prompt)
     (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
     assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (48, (64, 64))
+
+
+@pytest.mark.parametrize("name, adapter", [("motion_lora.json", False), ("v3_adapter.json", True)])
+def test_lora_workflows_in_process(comfy, sd15_ad_checkpoint, name, adapter):
+    """workflows/motion_lora.json (v2 + MotionLoRA) and v3_adapter.json (v3 + domain adapter + MotionLoRA)."""
+    fmt = "v3" if adapter else "v2"
+    module = f"workflow_{fmt}.safetensors"
+    builders.save_file(builders.motion_module_sd(fmt, channels=(320,) * 4),
+                       os.path.join(comfy.models, "animatediff_models", module))
+    os.makedirs(os.path.join(comfy.models, "animatediff_motion_lora"), exist_ok=True)
+    builders.save_file(builders.motion_lora_sd((320,) * 4, rank=4),
+                       os.path.join(comfy.models, "animatediff_motion_lora", "workflow_lora.ckpt"))
+    builders.save_file(builders.v3_adapter_sd_for_ad_layout(),
+                       os.path.join(comfy.models, "loras", "workflow_adapter.safetensors"))
+    with open(os.path.join(REPO_DIR, "workflows", name)) as f:
+        ui = json.load(f)
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, info), width=64, height=64, frames=8, steps=2,
+                                      checkpoint=sd15_ad_checkpoint, motion_module=module)
+    overrides = {"AnimateDiffLoadMotionLoRA": {"lora_name": "workflow_lora.ckpt"}}
+    if adapter:
+        overrides["AnimateDiffApplyDomainAdapter"] = {"adapter_name": "workflow_adapter.safetensors"}
+    workflow.set_inputs(prompt, overrides)
+    types = [n["class_type"] for n in prompt.values()]
+    assert types.count("AnimateDiffLoadMotionLoRA") == 1 and types.count("AnimateDiffApplyDomainAdapter") == adapter
+    outputs = comfy.run(prompt)
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (8, (64, 64))
