@@ -213,3 +213,15 @@ def test_a_full_adapter_on_a_model_without_those_transformers_is_refused(comfy, 
     with pytest.raises(patching.MotionModuleError, match="80 LoRA entries of 'full.ckpt' .* match no weight of this "
                                                          "SD1.5 UNet: it was made for another model"):
         patching.apply_domain_adapter(model, path, "full.ckpt", 1.0)
+
+
+def test_a_motion_lora_that_matches_nothing_is_an_error(comfy, files, tmp_path):
+    """Keys of another layout (here Hotshot-XL's temporal_attentions naming): nothing to apply is an error."""
+    patching = comfy.pack.nodes.patching
+    sd = {k.replace(".motion_modules.", ".temporal_attentions.").replace("temporal_transformer.", ""): v
+          for k, v in builders.motion_lora_sd(SD15_AD, rank=RANK).items()}
+    path = builders.save_file(sd, str(tmp_path / "other_layout.safetensors"))
+    v2 = patching.load_motion_module(os.path.join(files, "animatediff_models", "lora_v2.safetensors"), "lora_v2")
+    with pytest.raises(patching.MotionModuleError, match=r"None of the 168 LoRA entries of 'other_layout' \(such as "
+                                                         r"'down_blocks.0.temporal_attentions.0.transformer_blocks"):
+        patching.load_motion_lora(v2, path, "other_layout", 1.0)
