@@ -300,14 +300,14 @@ def start_context_windows(executor, noise, latent_image, sampler, sigmas, denois
 def lora_patches(sd, key_map, weights, name, kind, target):
     """ComfyUI LoRA patches of the processor-LoRA state dict `sd` ({name}_lora.up/down.weight) on the weights
     `key_map` names, shapes checked; also the entry names that have no target."""
-    if formats.classify(sd) != kind:
-        raise MotionModuleError(f"'{name}' is not {formats.KINDS[kind][0]}. {formats.describe(formats.classify(sd))}")
+    found = formats.classify(sd)
+    if found != kind:
+        raise MotionModuleError(f"'{name}' is not {formats.KINDS[kind][0]}. {formats.describe(found)}")
     patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
-    entries = sorted({k.rsplit("_lora.", 1)[0] for k in sd if "_lora." in k})
-    unmatched = [e for e in entries if e not in key_map]
     if not patches:
-        raise MotionModuleError(f"None of the {len(entries)} LoRA entries of '{name}' (such as '{entries[0]}') "
-                                f"matches a weight of {target}: it was made for another model.")
+        raise MotionModuleError(f"None of the {len(sd)} tensors of '{name}' (such as '{next(iter(sd))}') matches a "
+                                f"weight of {target}: it was made for another model.")
+    unmatched = sorted({k.rsplit("_lora.", 1)[0] for k in sd if "_lora." in k} - set(key_map))
     for key, patch in patches.items():
         up, down = patch.weights[0], patch.weights[1]
         if (up.shape[0], down.shape[1]) != tuple(weights[key].shape):

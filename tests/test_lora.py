@@ -222,6 +222,6 @@ def test_a_motion_lora_that_matches_nothing_is_an_error(comfy, files, tmp_path):
           for k, v in builders.motion_lora_sd(SD15_AD, rank=RANK).items()}
     path = builders.save_file(sd, str(tmp_path / "other_layout.safetensors"))
     v2 = patching.load_motion_module(os.path.join(files, "animatediff_models", "lora_v2.safetensors"), "lora_v2")
-    with pytest.raises(patching.MotionModuleError, match=r"None of the 168 LoRA entries of 'other_layout' \(such as "
+    with pytest.raises(patching.MotionModuleError, match=r"None of the 336 tensors of 'other_layout' \(such as "
                                                          r"'down_blocks.0.temporal_attentions.0.transformer_blocks"):
         patching.load_motion_lora(v2, path, "other_layout", 1.0)
