@@ -33,6 +33,7 @@ def adapter_path(name):
             return path
     return folder_paths.get_full_path_or_raise(ADAPTER_FOLDERS[0], name)
 
+
 MotionModule = io.Custom("ANIMATEDIFF_MOTION_MODULE")
 CONTEXT_SCHEDULES = ["standard_static", "standard_uniform", "looped_uniform", "batched"]
 FUSE_METHODS = ["pyramid", "flat", "overlap-linear", "relative"]
