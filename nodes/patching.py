@@ -10,7 +10,8 @@
 - For v1 modules the same injection wraps the UNet's ResBlock and output GroupNorms so that they normalise over
   the clip (as v1's un-inflated UNet does); a DIFFUSION_MODEL wrapper scopes the frame count those norms read.
 - An object patch swaps the noise schedule (`model_sampling`).
-- An OUTER_SAMPLE wrapper checks the frame count before the first step.
+- An OUTER_SAMPLE wrapper checks the frame count before the first step, logs what AnimateDiff does in the
+  sampling, and warns when the motion module's layers never ran.
 - Context windows: `context_windows.AnimateDiffContextHandler` (a subclass of ComfyUI's own handler) as the
   model's `context_handler`, ComfyUI's PREPARE_SAMPLING wrapper that sizes memory for one window, and an
   OUTER_SAMPLE wrapper that logs the window plan and applies FreeNoise to the initial noise.
@@ -49,6 +50,7 @@ except ImportError:  # a ComfyUI without comfy.context_windows
     context_windows = None
 
 KEY = "animatediff"
+LORAS, ADAPTER = KEY + "_motion_loras", KEY + "_domain_adapter"  # in the patchers' model_options, for the log
 BETA_SCHEDULES = ["autoselect", "use_model_default", "sqrt_linear", "linear", "cosine", "squaredcos_cap_v2",
                   "sqrt", "lcm"]
 CLIP_FRAMES = contextvars.ContextVar("animatediff_clip_frames")
@@ -136,8 +138,9 @@ def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effec
         m.set_model_forward_timestep_embed_patch((VanillaTemporalModule, run_motion_module))
     m.model_options["transformer_options"][KEY] = {
         "name": motion_module.model.name, "format": info.format, "positions": info.pe_rows,
-        "motion_scale": motion_scale, "effect": effect}
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, check_frames)
+        "motion_scale": motion_scale, "effect": effect, "loras": motion_module.model_options.get(LORAS, ()),
+        "ran": types.SimpleNamespace(calls=0)}  # motion-module calls; each sampling counts its own
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, sample_animation)
     if clip_norms:
         m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, scope_clip_frames)
     sampling = model_sampling(m, info.beta_schedule if beta_schedule == "autoselect" else beta_schedule)
@@ -203,6 +206,7 @@ def norm_sequences(unet):
 
 def run_motion_module(layer, x, emb, context, transformer_options, *args):
     settings = transformer_options[KEY]
+    settings["ran"].calls += 1
     if settings["effect"] == 0:
         return x
     frames = x.shape[0] // len(transformer_options.get("cond_or_uncond", [0]))
@@ -210,7 +214,9 @@ def run_motion_module(layer, x, emb, context, transformer_options, *args):
     return layer(x, frames, attention, settings["motion_scale"], settings["effect"])
 
 
-def check_frames(executor, noise, *args, **kwargs):
+def sample_animation(executor, noise, *args, **kwargs):
+    """OUTER_SAMPLE: check the frames against the positions, say what AnimateDiff does in this sampling, and warn
+    when the motion module's layers never ran."""
     model_options = executor.class_obj.model_options
     settings, frames = model_options["transformer_options"][KEY], noise.shape[0]
     handler, positions = model_options.get("context_handler"), settings["positions"]
@@ -230,7 +236,22 @@ def check_frames(executor, noise, *args, **kwargs):
     if frames < 2:
         logging.warning("AnimateDiff needs a batch of frames: the latent batch has %d. Set the Empty Latent Image's "
                         "batch_size to the number of frames (16 is typical).", frames)
-    return executor(noise, *args, **kwargs)
+    windows = len(handler.plan(frames)) if ours and frames > handler.context_length else 0
+    adapter = model_options.get(ADAPTER)
+    logging.info("AnimateDiff: %s motion module %s on %d frames%s; motion_scale %g, effect %g; MotionLoRAs: %s; "
+                 "domain adapter: %s", settings["format"], settings["name"], frames,
+                 f" in {windows} context windows of {handler.context_length}" if windows else "",
+                 settings["motion_scale"], settings["effect"],
+                 ", ".join(f"{n} ({s:g})" for n, s in settings["loras"]) or "none",
+                 f"{adapter[0]} ({adapter[1]:g})" if adapter else "none")
+    settings["ran"] = types.SimpleNamespace(calls=0)  # not a dict, so the per-step copies of the options share it
+    out = executor(noise, *args, **kwargs)
+    if settings["ran"].calls == 0:
+        logging.warning("AnimateDiff: the motion module %s was attached but its layers never ran in this sampling, "
+                        "so the frames were sampled as independent images. A node after Apply AnimateDiff Motion "
+                        "Module replaced the model's UNet call; apply the motion module last, right before the "
+                        "sampler.", settings["name"])
+    return out
 
 
 class ClipGroupNorm(torch.nn.Module):
@@ -330,6 +351,7 @@ def load_motion_lora(motion_module, path, name, strength):
                                 "kind of motion module.")
     m = motion_module.clone()
     m.add_patches(patches, strength)
+    m.model_options[LORAS] = motion_module.model_options.get(LORAS, ()) + ((name, strength),)
     logging.info("AnimateDiff: MotionLoRA %s at strength %g on %s: %d of %d LoRA weights applied%s", name, strength,
                  module.name, len(patches), len(patches) + len(unmatched),
                  f"; {len(unmatched)} mid-block weights skipped (this {module.info.format} module has no mid block)"
@@ -351,5 +373,6 @@ def apply_domain_adapter(model, path, name, strength):
                                 "weight of this SD1.5 UNet: it was made for another model.")
     m = model.clone()
     m.add_patches(patches, strength)
+    m.model_options[ADAPTER] = (name, strength)
     logging.info("AnimateDiff: domain adapter %s at strength %g: %d LoRA weights", name, strength, len(patches))
     return m

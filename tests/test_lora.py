@@ -110,16 +110,19 @@ def test_motion_loras_change_sampling_and_leave_nothing_patched(comfy, files, sd
     assert torch.equal(again, plain)
 
 
-def test_domain_adapter_changes_sampling_and_leaves_nothing_patched(comfy, files, sd15_ad_checkpoint):
+def test_domain_adapter_changes_sampling_and_leaves_nothing_patched(comfy, files, sd15_ad_checkpoint, caplog):
     shared = comfy.executor()
     plain = latent(comfy.run(txt2vid(sd15_ad_checkpoint, mm=None), executor=shared))
     adapted = latent(comfy.run(txt2vid(sd15_ad_checkpoint, mm=None, adapter="adapter.ckpt"), executor=shared))
     off = latent(comfy.run(txt2vid(sd15_ad_checkpoint, mm=None, adapter="adapter.ckpt", adapter_strength=0.0),
                            executor=shared))
     assert (adapted - plain).abs().max() > 1e-3 and torch.equal(off, plain)
-    v3 = latent(comfy.run(txt2vid(sd15_ad_checkpoint, mm="lora_v3.safetensors", adapter="v3_adapter.safetensors",
-                                  loras=[("zoom.ckpt", 0.8)]), executor=shared))
+    with caplog.at_level(logging.INFO):
+        v3 = latent(comfy.run(txt2vid(sd15_ad_checkpoint, mm="lora_v3.safetensors", adapter="v3_adapter.safetensors",
+                                      loras=[("zoom.ckpt", 0.8)]), executor=shared))
     assert torch.isfinite(v3).all()
+    assert "AnimateDiff: v3 motion module lora_v3.safetensors on 4 frames; motion_scale 1, effect 1; MotionLoRAs: " \
+           "zoom.ckpt (0.8); domain adapter: v3_adapter.safetensors (1)" in caplog.text
     assert torch.equal(latent(comfy.run(txt2vid(sd15_ad_checkpoint, mm=None), executor=shared)), plain)
 
 

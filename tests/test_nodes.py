@@ -209,3 +209,44 @@ def test_frames_per_clip_follow_cond_or_uncond(comfy, tiny_sd15, tmp_path):
     torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-5)
     assert (unet(slice(None), [1]) - both).abs().max() > 1e-2  # one clip of 12 frames is another computation
     model_management.unload_all_models()
+
+
+def test_one_info_line_says_what_animatediff_does(comfy, files, caplog):
+    import nodes
+    from comfy import sample as comfy_sample
+    patching = comfy.pack.nodes.patching
+    lora_dir = os.path.join(comfy.models, "animatediff_motion_lora")
+    os.makedirs(lora_dir, exist_ok=True)
+    builders.save_file(builders.motion_lora_sd(SD15_TINY, rank=2), os.path.join(lora_dir, "info_lora.safetensors"))
+    model = nodes.CheckpointLoaderSimple().load_checkpoint(files["ckpt"])[0]
+    module = patching.load_motion_module(os.path.join(comfy.models, "animatediff_models", files["v2"]), files["v2"])
+    module = patching.load_motion_lora(module, os.path.join(lora_dir, "info_lora.safetensors"), "info_lora.safetensors", 0.6)
+    animated = patching.apply_context_windows(patching.apply_motion_module(model, module, "autoselect", 1.2, 0.9),
+                                              8, 2, "standard_static", 1, False, "pyramid", True)
+    positive, negative = [[torch.zeros(1, 2, 768), {}]], [[torch.zeros(1, 2, 768), {}]]
+    latent = torch.zeros(20, 4, 6, 8)
+    with caplog.at_level(logging.INFO), torch.no_grad():
+        comfy_sample.sample(animated, comfy_sample.prepare_noise(latent, 0), 1, 2.0, "euler", "normal", positive,
+                            negative, latent, disable_pbar=True, seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("AnimateDiff: v2 motion module")]
+    assert lines == [f"AnimateDiff: v2 motion module {files['v2']} on 20 frames in 3 context windows of 8; "
+                     "motion_scale 1.2, effect 0.9; MotionLoRAs: info_lora.safetensors (0.6); domain adapter: none"]
+    assert "never ran" not in caplog.text
+
+
+def test_a_warning_when_the_motion_module_never_ran(comfy, files, caplog):
+    """Another pack's DIFFUSION_MODEL wrapper that answers without calling the UNet: the frames were never tied."""
+    import nodes
+    from comfy import patcher_extension, sample as comfy_sample
+    patching = comfy.pack.nodes.patching
+    model = nodes.CheckpointLoaderSimple().load_checkpoint(files["ckpt"])[0]
+    module = patching.load_motion_module(os.path.join(comfy.models, "animatediff_models", files["v2"]), files["v2"])
+    animated = patching.apply_motion_module(model, module, "autoselect", 1.0, 1.0)
+    animated.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, "other-pack",
+                                  lambda executor, x, *args, **kwargs: torch.zeros_like(x))
+    positive, negative = [[torch.zeros(1, 2, 768), {}]], [[torch.zeros(1, 2, 768), {}]]
+    latent = torch.zeros(4, 4, 6, 8)
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        comfy_sample.sample(animated, comfy_sample.prepare_noise(latent, 0), 1, 2.0, "euler", "normal", positive,
+                            negative, latent, disable_pbar=True, seed=0)
+    assert f"the motion module {files['v2']} was attached but its layers never ran in this sampling" in caplog.text
