@@ -6,7 +6,8 @@
 Without --server it starts ComfyUI on 127.0.0.1 (a free port) with `.demo/` as its base directory and this
 pack linked into `.demo/custom_nodes/`, and stops it at the end. Models then live in `.demo/models/`:
 checkpoints/ and animatediff_models/. When the checkpoint or the motion module the workflow names is not
-there, small random-weight stand-ins are written in their place so that the whole pipeline runs on a CPU
+there (or any other file the workflow loads: MotionLoRA, domain adapter, ControlNet, hint image), small
+random-weight stand-ins are written in their place so that the whole pipeline runs on a CPU
 in a few minutes; the animation is then random noise (it says so). Put real files there to get real ones.
 
 Standard library only, except that making the stand-ins imports tests/builders.py (torch, safetensors).
@@ -38,7 +39,7 @@ DEFAULT_BASE = os.path.join(REPO, ".demo")
 PACK_LINK = "comfyui-animatediff"   # name of the pack's link in <base>/custom_nodes/
 RANDOM_WEIGHTS_RECORD = "random-weights.json"   # in the base directory: the stand-ins written so far
 # Size of a run on random-weight stand-ins (any of these given on the command line wins).
-TINY = dict(width=64, height=64, frames=16, steps=4)
+TINY = dict(width=64, height=64, steps=4)
 
 
 def show(path):
@@ -225,7 +226,8 @@ def free_port():
 
 
 def prepare_base(base):
-    for sub in ("custom_nodes", "models/checkpoints", "models/animatediff_models", "input", "output"):
+    for sub in ("custom_nodes", "models/checkpoints", "models/animatediff_models", "models/animatediff_motion_lora",
+                "models/controlnet", "input", "output"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     link = os.path.join(base, "custom_nodes", PACK_LINK)
     if os.path.islink(link) and os.path.realpath(link) != os.path.realpath(REPO):
@@ -327,10 +329,28 @@ def is_stand_in(base, path):
     return _load_record(base).get(os.path.relpath(path, base)) == _stamp(path)
 
 
-def write_stand_ins(base, checkpoint_path, motion_module_path):
-    """Write random-weight files where real ones are missing; returns the paths written."""
-    written = [p for p in (checkpoint_path, motion_module_path) if not os.path.exists(p)]
-    if not written:
+def write_stand_in(builders, class_type, path):
+    """A random-weight file for `class_type`'s input at `path`; they all fit the stand-in checkpoint (SD1.5 block
+    structure at 320 channels on every level)."""
+    if class_type == "CheckpointLoaderSimple":
+        builders.write_sd15_checkpoint(path, layout="animatediff")
+    elif class_type == "AnimateDiffLoadMotionModule":
+        builders.save_file(builders.motion_module_sd("v2", channels=(320, 320, 320, 320)), path)
+    elif class_type == "AnimateDiffLoadMotionLoRA":
+        builders.save_file(builders.motion_lora_sd((320, 320, 320, 320), rank=4), path)
+    elif class_type == "AnimateDiffApplyDomainAdapter":
+        builders.save_file(builders.v3_adapter_sd_for_ad_layout(), path)
+    elif class_type == "ControlNetLoader":
+        builders.save_file(builders.controlnet_sd(), path)
+    else:  # LoadImage: 48 hint frames, an animated image
+        from PIL import Image
+        frames = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in builders.hint_frames(48, 64, 64)]
+        frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+
+
+def write_stand_ins(base, missing):
+    """Write random-weight stand-ins for the missing files, {path: class_type}; returns the paths written."""
+    if not missing:
         return []
     sys.path.insert(0, os.path.join(REPO, "tests"))
     try:
@@ -338,22 +358,18 @@ def write_stand_ins(base, checkpoint_path, motion_module_path):
     except ImportError as e:
         raise Failed(f"cannot make stand-in weights: tests/builders.py did not import ({e})") from None
     record = _load_record(base)
-    for path in written:
+    for path, class_type in missing.items():
         log(f"Writing random-weight stand-in {show(path)} ...")
         start = time.monotonic()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = path + ".partial" + os.path.splitext(path)[1]
-        if path == checkpoint_path:
-            # SD1.5 block structure at 320 channels on every level: fits a (320, 320, 320, 320) module.
-            builders.write_sd15_checkpoint(partial, layout="animatediff")
-        else:
-            builders.save_file(builders.motion_module_sd("v2", channels=(320, 320, 320, 320)), partial)
+        write_stand_in(builders, class_type, partial)
         os.replace(partial, path)
         record[os.path.relpath(path, base)] = _stamp(path)
         log(f"  done in {time.monotonic() - start:.1f}s")
     with open(os.path.join(base, RANDOM_WEIGHTS_RECORD), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
-    return written
+    return list(missing)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -472,30 +488,32 @@ def run_prompt(client, prompt, workflow, timeout):
     return entry
 
 
-MODEL_INPUTS = (("CheckpointLoaderSimple", "ckpt_name", "checkpoints"),
-                ("AnimateDiffLoadMotionModule", "motion_module", "animatediff_models"))
+# (class_type, input, folder under the base directory): the files a workflow loads, each with its stand-in maker
+MODEL_INPUTS = (("CheckpointLoaderSimple", "ckpt_name", "models/checkpoints"),
+                ("AnimateDiffLoadMotionModule", "motion_module", "models/animatediff_models"),
+                ("AnimateDiffLoadMotionLoRA", "lora_name", "models/animatediff_motion_lora"),
+                ("AnimateDiffApplyDomainAdapter", "adapter_name", "models/animatediff_models"),
+                ("ControlNetLoader", "control_net_name", "models/controlnet"),
+                ("LoadImage", "image", "input"))
 
 
 def prepare_models(base, prompt):
-    """With the ComfyUI this script started: write stand-ins for missing model files. Returns the
-    stand-ins the prompt uses. Stand-ins fit each other only (not real SD1.5 files), so none is made
-    next to a real file."""
+    """With the ComfyUI this script started: write stand-ins for the model files (and hint images) the prompt
+    loads that are missing. Returns the stand-ins the prompt uses. Stand-ins fit each other only (not real SD1.5
+    files), so none is made next to a real file."""
     paths = {}
     for class_type, name, folder in MODEL_INPUTS:
-        value = model_file(prompt, class_type, name)
-        if value is not None:
-            paths[folder] = os.path.join(base, "models", folder, value)
-    if len(paths) < len(MODEL_INPUTS):
-        return [p for p in paths.values() if os.path.exists(p) and is_stand_in(base, p)]
-    missing = [p for p in paths.values() if not os.path.exists(p)]
-    real = [p for p in paths.values() if os.path.exists(p) and not is_stand_in(base, p)]
+        for node_id in wf.find_nodes(prompt, class_type):
+            paths[os.path.join(base, folder, prompt[node_id]["inputs"][name])] = class_type
+    missing = {p: t for p, t in paths.items() if not os.path.exists(p)}
+    real = [p for p in paths if os.path.exists(p) and not is_stand_in(base, p)]
     if missing and real:
-        raise Failed(f"{show(missing[0])} is missing while {show(real[0])} is a real file: "
-                     "put the missing file there too (random-weight stand-ins are only made to replace both, "
-                     "since they do not fit real weights). Motion modules: "
+        raise Failed(f"{show(next(iter(missing)))} is missing while {show(real[0])} is a real file: "
+                     "put the missing file there too (random-weight stand-ins are only made to replace all of "
+                     "them, since they do not fit real weights). Motion modules: "
                      "https://huggingface.co/guoyww/animatediff (mm_sd_v15_v2.ckpt).")
-    write_stand_ins(base, paths["checkpoints"], paths["animatediff_models"])
-    return [p for p in paths.values() if is_stand_in(base, p)]
+    write_stand_ins(base, missing)
+    return [p for p in paths if is_stand_in(base, p)]
 
 
 def stand_in_notice(base, stand_ins, tiny):

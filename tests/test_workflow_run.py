@@ -128,3 +128,17 @@ def test_lora_workflows_in_process(comfy, sd15_ad_checkpoint, name, adapter):
     outputs = comfy.run(prompt)
     (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
     assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (8, (64, 64))
+
+
+def test_workflows_are_templates_with_thumbnails(comfy_server):
+    """ComfyUI's template browser lists every workflow under the pack and serves it with its .jpg thumbnail."""
+    names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(REPO_DIR, "workflows")) if f.endswith(".json"))
+    assert names == ["long_video_controlnet", "motion_lora", "txt2vid", "v3_adapter"]
+    listed = comfy_server.get("/workflow_templates")
+    assert sorted(listed["comfyui-animatediff"]) == names
+    for name in names:
+        for ext in ("json", "jpg"):
+            r = requests.get(f"{comfy_server.url}/api/workflow_templates/comfyui-animatediff/{name}.{ext}", timeout=30)
+            assert r.status_code == 200, (name, ext)
+        with Image.open(os.path.join(REPO_DIR, "workflows", f"{name}.jpg")) as thumbnail:
+            assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
