@@ -17,4 +17,12 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# The browser tests drive Debian's chromium (Playwright is only the driver: it downloads no browser).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is not installed: the browser tests need it (sudo apt-get install chromium)" >&2
+  fi
+fi
 echo "ComfyUI: $COMFY"
