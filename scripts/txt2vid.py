@@ -40,6 +40,7 @@ PACK_LINK = "comfyui-animatediff"   # name of the pack's link in <base>/custom_n
 RANDOM_WEIGHTS_RECORD = "random-weights.json"   # in the base directory: the stand-ins written so far
 # Size of a run on random-weight stand-ins (any of these given on the command line wins).
 TINY = dict(width=64, height=64, steps=4)
+BAR = 30  # characters of the sampling progress bar
 
 
 def show(path):
@@ -199,9 +200,14 @@ class ProgressListener(threading.Thread):
         elif kind == "executing" and data.get("node") is not None:
             log(f"  running {self.describe(data['node'])}")
         elif kind == "progress":
-            line = f"    {self.describe(data.get('node'))}: {data.get('value')}/{data.get('max')}"
+            value, total = data.get("value") or 0, data.get("max") or 1
+            filled = round(BAR * value / total)
+            line = f"    {self.describe(data.get('node'))} [{'#' * filled}{'.' * (BAR - filled)}] {value}/{total}"
             if line != self._last:
-                log(line)
+                if sys.stdout.isatty():  # one bar, redrawn in place; a log file gets a line per step
+                    print("\r" + line, end="\n" if value >= total else "", flush=True)
+                else:
+                    log(line)
                 self._last = line
 
     def describe(self, node_id):

@@ -142,3 +142,31 @@ def test_workflows_are_templates_with_thumbnails(comfy_server):
             assert r.status_code == 200, (name, ext)
         with Image.open(os.path.join(REPO_DIR, "workflows", f"{name}.jpg")) as thumbnail:
             assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 128
+
+
+def run_headless(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, os.path.join(REPO_DIR, "scripts", "txt2vid.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_headless_command_against_a_server(comfy_server, sd15_ad_checkpoint, motion_module, tmp_path):
+    """scripts/txt2vid.py (what scripts/demo.sh runs) on the real server: overrides, a progress bar over the
+    sampling steps from the websocket, the animation saved where asked; and ComfyUI's refusal shown with the node."""
+    out = run_headless("--server", comfy_server.url, "--checkpoint", sd15_ad_checkpoint, "--motion-module",
+                       motion_module, "--frames", "6", "--steps", "3", "--width", "64", "--height", "48", "--seed",
+                       "5", "--prompt", "a red kite", "--output", str(tmp_path / "saved"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Generating 6 frames of 64x48, 3 steps, seed 5" in out.stdout
+    assert "(KSampler) [##########" + "." * 20 + "] 1/3" in out.stdout
+    assert "(KSampler) [" + "#" * 30 + "] 3/3" in out.stdout
+    (saved,) = os.listdir(tmp_path / "saved")
+    assert webp_frames(tmp_path / "saved" / saved) == (6, (64, 48))
+
+    bad = run_headless("--server", comfy_server.url, "--checkpoint", sd15_ad_checkpoint, "--motion-module",
+                       motion_module, "--frames", "40", "--steps", "1", "--width", "64", "--height", "48",
+                       "--output", str(tmp_path / "bad"))
+    assert bad.returncode == 1
+    assert 'ComfyUI failed in node 7 KSampler "KSampler": MotionModuleError: 40 frames is more than the 32 frame ' \
+           "positions" in bad.stdout, bad.stdout
