@@ -170,3 +170,8 @@ def test_headless_command_against_a_server(comfy_server, sd15_ad_checkpoint, mot
     assert bad.returncode == 1
     assert 'ComfyUI failed in node 7 KSampler "KSampler": MotionModuleError: 40 frames is more than the 32 frame ' \
            "positions" in bad.stdout, bad.stdout
+    refused = run_headless("--server", comfy_server.url, "--checkpoint", sd15_ad_checkpoint, "--motion-module",
+                           motion_module, "--steps", "0", "--output", str(tmp_path / "refused"))
+    assert refused.returncode == 1
+    assert "ComfyUI refused the prompt" in refused.stdout and 'node 7 KSampler "KSampler":' in refused.stdout
+    assert "steps" in refused.stdout.split('node 7 KSampler "KSampler":')[1], refused.stdout
