@@ -425,17 +425,15 @@ def model_file(prompt, class_type, input_name):
 
 
 def check_on_server(object_info, prompt):
-    """With a server of someone else's: the model files must be in its lists."""
-    for class_type, name in (("CheckpointLoaderSimple", "ckpt_name"), ("AnimateDiffLoadMotionModule", "motion_module")):
-        value = model_file(prompt, class_type, name)
-        if value is None:
-            continue
-        spec = object_info[class_type]["input"]["required"][name]
-        options = spec[0] if isinstance(spec[0], list) else (spec[1] if len(spec) > 1 else {}).get("options", [])
-        if value not in options:
-            folder = "checkpoints" if class_type == "CheckpointLoaderSimple" else "animatediff_models"
-            raise Failed(f"the server has no {name} {value!r} (in models/{folder}/); it has: "
-                         + (", ".join(map(str, options)) or "none"))
+    """With a server of someone else's: the files the prompt loads must be in its lists."""
+    for class_type, name, folder in MODEL_INPUTS:
+        for node_id in wf.find_nodes(prompt, class_type):
+            value = prompt[node_id]["inputs"][name]
+            spec = object_info[class_type]["input"]["required"][name]
+            options = spec[0] if isinstance(spec[0], list) else (spec[1] if len(spec) > 1 else {}).get("options", [])
+            if value not in options:
+                raise Failed(f"the server has no {name} {value!r} (in {folder}/); it has: "
+                             + (", ".join(map(str, options)) or "none"))
 
 
 def cancel(client, prompt_id):

@@ -175,3 +175,7 @@ def test_headless_command_against_a_server(comfy_server, sd15_ad_checkpoint, mot
     assert refused.returncode == 1
     assert "ComfyUI refused the prompt" in refused.stdout and 'node 7 KSampler "KSampler":' in refused.stdout
     assert "steps" in refused.stdout.split('node 7 KSampler "KSampler":')[1], refused.stdout
+    missing = run_headless("--server", comfy_server.url, "--checkpoint", sd15_ad_checkpoint, "--motion-module",
+                           "not_here.ckpt", "--output", str(tmp_path / "missing"))
+    assert missing.returncode == 1
+    assert "the server has no motion_module 'not_here.ckpt' (in models/animatediff_models/)" in missing.stdout
