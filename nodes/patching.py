@@ -248,9 +248,9 @@ def sample_animation(executor, noise, *args, **kwargs):
     out = executor(noise, *args, **kwargs)
     if settings["ran"].calls == 0:
         logging.warning("AnimateDiff: the motion module %s was attached but its layers never ran in this sampling, "
-                        "so the frames were sampled as independent images. A node after Apply AnimateDiff Motion "
-                        "Module replaced the model's UNet call; apply the motion module last, right before the "
-                        "sampler.", settings["name"])
+                        "so the frames were sampled as independent images: something answered for the UNet (a "
+                        "wrapper or model patch of another node). Check the nodes that patch the model after "
+                        "Apply AnimateDiff Motion Module.", settings["name"])
     return out
 
 
