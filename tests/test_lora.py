@@ -205,7 +205,14 @@ def test_full_size_motion_lora_and_adapter_apply(comfy, tmp_path):
 
     builders.save_file(builders.v3_adapter_sd(), str(tmp_path / "adapter.ckpt"))
     unet = comfy_models.tiny_sd15_model(channels=(320, 640, 1280, 1280), dtype=torch.float16)  # SD1.5's UNet
-    assert len(patching.apply_domain_adapter(unet, str(tmp_path / "adapter.ckpt"), "adapter", 1.0).patches) == 128
+    adapted = patching.apply_domain_adapter(unet, str(tmp_path / "adapter.ckpt"), "adapter", 1.0)
+    assert len(adapted.patches) == 128
+    key = "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight"  # up_blocks.3.attentions.2
+    before = unet.model.state_dict()[key].clone()
+    model_management.load_models_gpu([adapted])
+    assert not torch.equal(unet.model.state_dict()[key], before)
+    model_management.unload_all_models()
+    assert torch.equal(unet.model.state_dict()[key], before)
 
 
 def test_a_full_adapter_on_a_model_without_those_transformers_is_refused(comfy, files, sd15_ad_checkpoint, tmp_path):
