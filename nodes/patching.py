@@ -79,7 +79,8 @@ def read_file(path, name):
 @functools.lru_cache(maxsize=1024)
 def file_kind(path, mtime_ns, size):
     """formats.classify of the file at `path`, from its keys alone (safetensors header; a zip pickle memory-
-    mapped with weights_only=True, an old-style one read whole); None when it cannot be read. Cached per (path, mtime, size)."""
+    mapped with weights_only=True, an old-style one read whole); None when it cannot be read. Cached per
+    (path, mtime, size)."""
     try:
         if path.endswith(".safetensors"):
             with safetensors.safe_open(path, framework="pt") as f:

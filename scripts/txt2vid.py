@@ -349,9 +349,7 @@ def write_stand_in(builders, class_type, path):
     elif class_type == "ControlNetLoader":
         builders.save_file(builders.controlnet_sd(), path)
     else:  # LoadImage: 48 hint frames, an animated image
-        from PIL import Image
-        frames = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in builders.hint_frames(48, 64, 64)]
-        frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+        builders.save_hint_frames(path, 48, 64, 64)
 
 
 def write_stand_ins(base, missing):

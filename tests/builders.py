@@ -627,6 +627,15 @@ def hint_frames(frames, height=48, width=64, channels=3):
     return values.view(frames, 1, 1, 1).expand(frames, height, width, channels).contiguous()
 
 
+def save_hint_frames(path, frames, height=48, width=64):
+    """hint_frames as an animated image file (the format from the extension: .webp lossless, .tiff, ...) that
+    ComfyUI's LoadImage reads as one IMAGE batch, frame by frame. Returns path."""
+    from PIL import Image
+    images = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in hint_frames(frames, height, width)]
+    images[0].save(path, save_all=True, append_images=images[1:], lossless=True)
+    return path
+
+
 def hint_frame_indices(hint):
     """Frame index of every image of a hint batch built from hint_frames: round(mean * 64 - 1) per image
     (batch on dim 0, any layout after it; 8-bit images are close enough: the error is at most 0.125)."""

@@ -53,9 +53,7 @@ def test_every_workflow_is_covered():
 # ------------------------------------------------------------------------------------------ files
 
 def _hint_frames_webp(path, frames=48):
-    hints = [Image.fromarray((f.numpy() * 255).round().astype("uint8"))
-             for f in builders.hint_frames(frames, SIZE, SIZE)]
-    hints[0].save(path, save_all=True, append_images=hints[1:], lossless=True)
+    builders.save_hint_frames(path, frames, SIZE, SIZE)
 
 
 def _model_files(checkpoint_path):

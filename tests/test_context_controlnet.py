@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-from PIL import Image
 
 import comfy.model_management as model_management
 import comfy.sample as comfy_sample
@@ -33,10 +32,7 @@ def files(comfy):
     builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
                        os.path.join(comfy.models, "animatediff_models", MOTION_MODULE))
     for frames in (48, 1):
-        images = [Image.fromarray((f.numpy() * 255).round().astype("uint8"))
-                  for f in builders.hint_frames(frames, HEIGHT, WIDTH)]
-        images[0].save(os.path.join(comfy.input_dir, f"cw_hints_{frames}.tiff"), save_all=True,
-                       append_images=images[1:])
+        builders.save_hint_frames(os.path.join(comfy.input_dir, f"cw_hints_{frames}.tiff"), frames, HEIGHT, WIDTH)
 
 
 def prompt(ckpt, frames, hints=48, context_length=16, windows=True, chained=False, steps=STEPS):
@@ -113,9 +109,7 @@ def test_one_window_over_all_frames_equals_no_windows(comfy, files, sd15_ad_chec
     def latent(p):
         return comfy.run(p).output("7")["samples"]
 
-    hints_16 = builders.hint_frames(16, HEIGHT, WIDTH)
-    images = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in hints_16]
-    images[0].save(os.path.join(comfy.input_dir, "cw_hints_16.tiff"), save_all=True, append_images=images[1:])
+    builders.save_hint_frames(os.path.join(comfy.input_dir, "cw_hints_16.tiff"), 16, HEIGHT, WIDTH)
     windowed = latent(prompt(sd15_ad_checkpoint, 16, hints=16, context_length=16, steps=1))
     plain = latent(prompt(sd15_ad_checkpoint, 16, hints=16, windows=False, steps=1))
     assert torch.equal(windowed, plain)

@@ -17,7 +17,6 @@ import os
 import pytest
 import safetensors.torch
 import torch
-from PIL import Image
 
 import builders
 import comfy_models
@@ -40,9 +39,7 @@ def files(comfy):
     builders.save_file(builders.controlnet_sd(), os.path.join(cn_dir, CONTROLNET))
     builders.save_file(builders.controlnet_diff_sd(), os.path.join(cn_dir, DIFF_CONTROLNET))
     builders.save_file(builders.t2i_adapter_sd(c=32), os.path.join(cn_dir, T2I_ADAPTER))
-    hint = builders.hint_frames(FRAMES, HEIGHT, WIDTH)
-    frames = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in hint]
-    frames[0].save(os.path.join(comfy.input_dir, HINT_FILE), save_all=True, append_images=frames[1:])
+    builders.save_hint_frames(os.path.join(comfy.input_dir, HINT_FILE), FRAMES, HEIGHT, WIDTH)
     return cn_dir
 
 

@@ -82,12 +82,9 @@ def test_extra_model_paths_folder_is_found(comfy_server):
 
 def test_long_video_controlnet_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module):
     """48 frames (more than the module's 32 positions) in context windows, a ControlNet fed 48 hint frames."""
-    from PIL import Image
     os.makedirs(os.path.join(comfy.models, "controlnet"), exist_ok=True)
     builders.save_file(builders.controlnet_sd(), os.path.join(comfy.models, "controlnet", "workflow_cn.safetensors"))
-    hints = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in builders.hint_frames(48, 64, 64)]
-    hints[0].save(os.path.join(comfy.input_dir, "workflow_hints.webp"), save_all=True, append_images=hints[1:],
-                  lossless=True)
+    builders.save_hint_frames(os.path.join(comfy.input_dir, "workflow_hints.webp"), 48, 64, 64)
     with open(os.path.join(REPO_DIR, "workflows", "long_video_controlnet.json")) as f:
         ui = json.load(f)
     info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
