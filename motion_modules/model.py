@@ -146,3 +146,20 @@ class MotionModel(nn.Module):
         self.down_blocks = nn.ModuleList([MotionBlock(c, n, **kwargs) for c, n in down])
         self.up_blocks = nn.ModuleList([MotionBlock(c, n, **kwargs) for c, n in up])
         self.mid_block = MotionBlock(mid, 1, **kwargs) if mid else None
+
+
+class LoRA(nn.Module):
+    """A trainable low-rank difference for one weight, `weight + up @ down` (the MotionLoRA and domain-adapter
+    files' update, no alpha): down [rank, in] starts normal with std 1/rank, up [out, rank] as zeros."""
+
+    def __init__(self, weight, rank, generator):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rank, weight.shape[1], generator=generator) / rank)
+        self.up = nn.Parameter(torch.zeros(weight.shape[0], rank))
+
+    def forward(self, weight):
+        return weight + (self.up @ self.down).to(weight)
+
+    def move_to(self, device):
+        self.to(device)
+        return sum(p.nbytes for p in self.parameters())

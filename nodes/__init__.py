@@ -4,7 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import patching
+from . import patching, training
 
 MODELS, MOTION_LORAS = "animatediff_models", "animatediff_motion_lora"
 for folder in (MODELS, MOTION_LORAS):
@@ -200,10 +200,90 @@ class AnimateDiffContextWindows(io.ComfyNode):
             freenoise))
 
 
+class AnimateDiffTrainMotionLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffTrainMotionLoRA",
+            display_name="Train AnimateDiff MotionLoRA",
+            category="animatediff/training",
+            description="Trains a MotionLoRA (a camera move such as a zoom or pan) from reference videos: LoRAs on "
+                        "the motion module's temporal attention (q, k, v, out) learn the move from contiguous clips "
+                        "in frame order, while the image model and the motion module stay frozen (the paper trains "
+                        "on 20-50 videos of one move, about 2,000 steps). The file is saved in the official "
+                        "MotionLoRA layout into models/animatediff_motion_lora; the output motion module already "
+                        "has it applied.",
+            inputs=[
+                io.Model.Input("model", tooltip="The image model the MotionLoRA is trained with (SD1.5 or SDXL, "
+                                                "with the domain adapter if the motion module is v3)."),
+                MotionModule.Input("motion_module", tooltip="From Load AnimateDiff Motion Module: the module whose "
+                                                            "temporal attention learns the move (official "
+                                                            "MotionLoRAs use mm_sd_v15_v2)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE, to encode the reference frames."),
+                io.Conditioning.Input("positive", tooltip="The prompt the clips are trained with (CLIP Text "
+                                                          "Encode), e.g. a short description of the videos."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Optional: one reference video as a batch of frames in order (e.g. from "
+                                       "Load Image batch or a video loader)."),
+                io.String.Input("video_folder", default="", optional=True,
+                                tooltip="Optional: a folder of reference videos (.mp4, .webm, .mov, .avi, .mkv, "
+                                        ".gif), read with opencv; relative paths are under ComfyUI's input folder."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8,
+                             tooltip="Frames are resized to cover width x height and centre-cropped."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8,
+                             tooltip="Frames are resized to cover width x height and centre-cropped."),
+                io.Int.Input("rank", default=64, min=1, max=1024, tooltip="LoRA rank (official MotionLoRAs: 64)."),
+                io.Int.Input("steps", default=500, min=1, max=100000,
+                             tooltip="Training steps, one clip each (the paper: about 2,000 on a GPU)."),
+                io.Float.Input("learning_rate", default=0.0001, min=0.0000001, max=1.0, step=0.0000001,
+                               tooltip="AdamW learning rate (AnimateDiff's MotionLoRA training: 1e-4)."),
+                io.Int.Input("clip_length", default=16, min=2, max=64,
+                             tooltip="Contiguous frames per training clip; at most the motion module's frame "
+                                     "positions (16 as in the paper)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                             tooltip="Seed for the LoRA's initial weights and for the clips, timesteps and noise."),
+                io.String.Input("output_name", default="motion_lora",
+                                tooltip="File name in models/animatediff_motion_lora (.safetensors is added; an "
+                                        "existing file is never overwritten: a number is appended)."),
+            ],
+            outputs=[MotionModule.Output(tooltip="The motion module with the trained MotionLoRA applied at "
+                                                 "strength 1."),
+                     io.String.Output(display_name="lora_name", tooltip="The saved file's name, for Load "
+                                                                        "AnimateDiff MotionLoRA.")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, motion_module, vae, positive, width, height, rank, steps, learning_rate, clip_length,
+                seed, output_name, images=None, video_folder=""):
+        videos = [] if images is None else [training.fit(images, width, height)]
+        if video_folder.strip():
+            videos += training.read_videos(os.path.join(folder_paths.get_input_directory(), video_folder.strip()),
+                                           width, height)
+        if not videos:
+            raise ValueError("Train AnimateDiff MotionLoRA needs reference clips: connect images (a batch of frames "
+                             "in order) or set video_folder to a folder of videos.")
+        from server import PromptServer
+
+        def report(step, loss):  # the loss, shown on the node
+            PromptServer.instance.send_progress_text(f"step {step}/{steps}, loss {loss:.4f}", cls.hidden.unique_id)
+
+        weights, losses = training.train(model, "motion_lora", training.encode(vae, videos), positive, steps,
+                                         learning_rate, clip_length, seed, motion_module=motion_module, rank=rank,
+                                         report=report)
+        name = training.free_name(folder_paths.get_folder_paths(MOTION_LORAS)[0], output_name)
+        path = training.save(weights, os.path.join(folder_paths.get_folder_paths(MOTION_LORAS)[0], name),
+                             motion_module=motion_module.model.name, rank=rank, steps=steps,
+                             learning_rate=learning_rate, clip_length=clip_length, seed=seed,
+                             final_loss=f"{losses[-1]:.6f}")
+        return io.NodeOutput(patching.load_motion_lora(motion_module, path, name, 1.0), name)
+
+
 class AnimateDiffExtension(ComfyExtension):
     async def get_node_list(self):
         return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows,
-                AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter]
+                AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter, AnimateDiffTrainMotionLoRA]
 
 
 async def comfy_entrypoint():

@@ -27,6 +27,7 @@ import zipfile
 import safetensors
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 
 import comfy.lora
@@ -37,11 +38,11 @@ import comfy.ops
 import comfy.patcher_extension
 import comfy.utils
 from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample, forward_timestep_embed
 from comfy.supported_models import SD15, SDXL
 
 from ..motion_modules import formats
-from ..motion_modules.model import MotionModel, VanillaTemporalModule
+from ..motion_modules.model import LoRA, MotionModel, VanillaTemporalModule
 
 try:
     import comfy.context_windows
@@ -95,7 +96,22 @@ def file_kind(path, mtime_ns, size):
 
 def load_motion_module(path, name):
     """A ModelPatcher around the motion module in the file at `path` (`name` for messages)."""
-    sd = read_file(path, name)
+    return motion_module_patcher(read_file(path, name), name)
+
+
+def new_motion_module(model, positions, seed, name="new motion module"):
+    """A freshly initialised v1 (24 positions) or v3 (32) layout motion module for `model`'s UNet, as the paper
+    starts stage 2: torch's default initialisation and a zero `proj_out`, so the model starts as the image
+    model."""
+    down, up = unet_levels(model.get_model_object("diffusion_model"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sd = MotionModel([(b[0][0].out_channels, len(b)) for b in down],
+                         [(b[0][0].out_channels, len(b)) for b in up], None, positions).state_dict()
+    return motion_module_patcher({k: torch.zeros_like(v) if ".proj_out." in k else v for k, v in sd.items()}, name)
+
+
+def motion_module_patcher(sd, name):
     try:
         info, sd = formats.load(sd)
     except formats.NotAMotionModule as e:
@@ -150,9 +166,8 @@ def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effec
     return m
 
 
-def placements(unet, motion_model):
-    """[(block, index, motion module)]: in each UNet block after its last SpatialTransformer, else after its
-    first ResBlock (so before any Downsample/Upsample); in the middle block between transformer and ResBlock."""
+def unet_levels(unet):
+    """The UNet's ResBlock-led blocks per level: ([[block, ...] per down level], [... per up level])."""
     def level_blocks(blocks, ends_level):
         levels, level = [], []
         for block in blocks:
@@ -163,12 +178,18 @@ def placements(unet, motion_model):
                 level = []
         return levels + [level] if level else levels
 
+    return (level_blocks(unet.input_blocks[1:], lambda b: isinstance(b[0], Downsample)),
+            level_blocks(unet.output_blocks, lambda b: isinstance(b[-1], Upsample)))
+
+
+def placements(unet, motion_model):
+    """[(block, index, motion module)]: in each UNet block after its last SpatialTransformer, else after its
+    first ResBlock (so before any Downsample/Upsample); in the middle block between transformer and ResBlock."""
     def index(block):
         attention = [i for i, layer in enumerate(block) if isinstance(layer, SpatialTransformer)]
         return attention[-1] + 1 if attention else 1
 
-    down = level_blocks(unet.input_blocks[1:], lambda b: isinstance(b[0], Downsample))
-    up = level_blocks(unet.output_blocks, lambda b: isinstance(b[-1], Upsample))
+    down, up = unet_levels(unet)
     unet_layout = ([(b[0][0].out_channels, len(b)) for b in down], [(b[0][0].out_channels, len(b)) for b in up])
     info = motion_model.info
     if unet_layout != (list(info.down), list(info.up)):
@@ -264,9 +285,10 @@ class ClipGroupNorm(torch.nn.Module):
 
     def forward(self, x):
         frames, norm = CLIP_FRAMES.get(), self.norm
+        weight, bias = comfy.ops.cast_bias_weight(norm, x)  # with the norm's weight functions (training)
         # [(b f), c, h, w] -> [b, c, (f h), w]: one group's statistics span the clip
-        h = F.group_norm(rearrange(x, "(b f) c h w -> b c (f h) w", f=frames), norm.num_groups,
-                         norm.weight.to(x), norm.bias.to(x), norm.eps)
+        h = F.group_norm(rearrange(x, "(b f) c h w -> b c (f h) w", f=frames), norm.num_groups, weight, bias,
+                         norm.eps)
         return rearrange(h, "b c (f h) w -> (b f) c h w", f=frames)
 
 
@@ -377,3 +399,88 @@ def apply_domain_adapter(model, path, name, strength):
     m.model_options[ADAPTER] = (name, strength)
     logging.info("AnimateDiff: domain adapter %s at strength %g: %d LoRA weights", name, strength, len(patches))
     return m
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+PARTS = {  # part: what is trained (everything else stays frozen)
+    "domain_adapter": "LoRAs on the image model's spatial attention (attn1, attn2: q, k, v, out)",
+    "motion_module": "the motion module's own weights",
+    "motion_lora": "LoRAs on the motion module's temporal attention (q, k, v, out)",
+    "image_model": "the image model's own weights (for toy models)",
+}
+
+
+def trainable(model, motion_module, part, rank, seed, gradient_checkpointing=False):
+    """(patched model to run, {file key: parameter}) for training `part` (a key of PARTS) with all else frozen.
+
+    LoRAs are weight wrappers (`add_weight_wrapper`) on clones, so nothing the other nodes hold changes; their
+    keys are the MotionLoRA layout (shared doc 4) or the v3 adapter layout. `motion_module` and `image_model`
+    train the weights of the given module or UNet themselves (in fp32). Frozen weights and biases made under
+    inference mode (by ComfyUI's loaders) get an identity wrapper: wrapped tensors are copied for each forward,
+    and autograd can save a copy. `gradient_checkpointing` recomputes each UNet block in the backward."""
+    generator = torch.Generator().manual_seed(seed)
+    m, module, params = model.clone(), motion_module and motion_module.clone(), {}
+
+    def add_loras(patcher, key_map):
+        weights = patcher.model.state_dict()
+        for entry, key in sorted(key_map.items()):
+            lora = LoRA(weights[key], rank, generator)
+            patcher.add_weight_wrapper(key, lora)
+            params[entry + "_lora.down.weight"], params[entry + "_lora.up.weight"] = lora.down, lora.up
+
+    if part == "domain_adapter":
+        add_loras(m, {entry: key for entry, key in comfy.lora.model_lora_keys_unet(m.model, {}).items()
+                      if re.fullmatch(r"(down_blocks|mid_block|up_blocks)\.\S+\.attn[12]\.processor\.to_(q|k|v|out)", entry)})
+    elif part == "motion_lora":
+        add_loras(module, formats.motion_lora_key_map(module.model.state_dict()))
+    elif part == "motion_module":
+        params = dict(module.model.float().named_parameters())
+    elif part == "image_model":
+        params = {"diffusion_model." + k: v for k, v in m.model.diffusion_model.float().named_parameters()}
+    for patcher in (m, module) if module else (m,):
+        patcher.model.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    for patcher in (m, module) if module else (m,):
+        for name, layer in patcher.model.named_modules():
+            for kind in ("weight", "bias") if hasattr(layer, "weight_function") else ():
+                tensor, key = getattr(layer, kind, None), f"{name}.{kind}"
+                if tensor is not None and tensor.is_inference() and key not in patcher.weight_wrapper_patches:
+                    patcher.add_weight_wrapper(key, torch.nn.Identity())
+    if module:
+        m = apply_motion_module(m, module, "autoselect", 1.0, 1.0)
+    if gradient_checkpointing:
+        unet = m.get_model_object("diffusion_model")
+        blocks = [(unet.input_blocks, str(i)) for i in range(len(unet.input_blocks))] + [(unet, "middle_block")] + \
+                 [(unet.output_blocks, str(i)) for i in range(len(unet.output_blocks))]
+        m.set_injections(KEY + "_checkpointing", [comfy.patcher_extension.PatcherInjection(
+            inject=functools.partial(checkpoint_blocks, blocks), eject=functools.partial(restore_blocks, blocks))])
+        m.set_model_forward_timestep_embed_patch((Checkpointed, run_checkpointed))
+    return m, params
+
+
+class Checkpointed(torch.nn.Module):
+    """Stands in for one UNet block while training with gradient checkpointing (see `run_checkpointed`)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def __iter__(self):  # the UNet hands blocks to forward_timestep_embed, which iterates their layers
+        return iter([self])
+
+
+def checkpoint_blocks(blocks, model_patcher):
+    for parent, name in blocks:
+        setattr(parent, name, Checkpointed(getattr(parent, name)))
+
+
+def restore_blocks(blocks, model_patcher):
+    for parent, name in blocks:
+        setattr(parent, name, getattr(parent, name).block)
+
+
+def run_checkpointed(layer, x, emb, context, transformer_options, *args):
+    return torch.utils.checkpoint.checkpoint(forward_timestep_embed, layer.block, x, emb, context,
+                                             transformer_options, *args, use_reentrant=False)

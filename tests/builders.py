@@ -684,3 +684,34 @@ class HintFrameRecorder:
         self._handle.remove()
         self._handle = None
         return False
+
+
+# ------------------------------------------------------------------------------- reference videos
+
+def moving_square_frames(frames=10, height=64, width=64, step=4, side=16):
+    """uint8 RGB frames [frames, height, width, 3]: a white square on grey moving right by `step` px a frame."""
+    import numpy as np
+    video = np.full((frames, height, width, 3), 96, dtype=np.uint8)
+    for f in range(frames):
+        x = (f * step) % (width - side)
+        video[f, (height - side) // 2:(height + side) // 2, x:x + side] = 255
+    return video
+
+
+def write_video(path, frames, fps=8):
+    """`frames` (uint8 RGB [n, h, w, 3]) as an .mp4 (mp4v) or .avi (MJPG) file, written with opencv."""
+    import cv2
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if str(path).endswith(".avi") else "mp4v"))
+    writer = cv2.VideoWriter(str(path), fourcc, fps, (frames.shape[2], frames.shape[1]))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def save_animation(path, frames):
+    """`frames` (uint8 RGB [n, h, w, 3]) as a lossless animated WEBP that LoadImage reads as one IMAGE batch."""
+    from PIL import Image
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], lossless=True)
+    return path
