@@ -245,6 +245,12 @@ class AnimateDiffTrainMotionLoRA(io.ComfyNode):
                 io.String.Input("output_name", default="motion_lora",
                                 tooltip="File name in models/animatediff_motion_lora (.safetensors is added; an "
                                         "existing file is never overwritten: a number is appended)."),
+                io.Combo.Input("precision", options=list(training.PRECISIONS), default="fp32",
+                               tooltip="Autocast dtype of the forward: fp32, or bf16/fp16 on GPUs to save memory "
+                                       "and time (the LoRA weights stay fp32)."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute the UNet's blocks in the backward pass instead of keeping "
+                                         "their activations: much less memory, about a third more time."),
             ],
             outputs=[MotionModule.Output(tooltip="The motion module with the trained MotionLoRA applied at "
                                                  "strength 1."),
@@ -256,7 +262,7 @@ class AnimateDiffTrainMotionLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, motion_module, vae, positive, width, height, rank, steps, learning_rate, clip_length,
-                seed, output_name, images=None, video_folder=""):
+                seed, output_name, precision="fp32", gradient_checkpointing=False, images=None, video_folder=""):
         videos = [] if images is None else [training.fit(images, width, height)]
         if video_folder.strip():
             videos += training.read_videos(os.path.join(folder_paths.get_input_directory(), video_folder.strip()),
@@ -271,6 +277,7 @@ class AnimateDiffTrainMotionLoRA(io.ComfyNode):
 
         weights, losses = training.train(model, "motion_lora", training.encode(vae, videos), positive, steps,
                                          learning_rate, clip_length, seed, motion_module=motion_module, rank=rank,
+                                         precision=precision, gradient_checkpointing=gradient_checkpointing,
                                          report=report)
         name = training.free_name(folder_paths.get_folder_paths(MOTION_LORAS)[0], output_name)
         path = training.save(weights, os.path.join(folder_paths.get_folder_paths(MOTION_LORAS)[0], name),

@@ -36,6 +36,9 @@ def read_videos(folder, width, height, stride=1):
     """[frames [n, height, width, 3] in 0..1 (ComfyUI IMAGE)] of each video file in `folder`, read with opencv,
     every `stride`-th frame, each frame resized to cover width x height and centre-cropped."""
     import cv2  # here, so that the nodes load even where opencv cannot (e.g. no libGL)
+    if not os.path.isdir(folder):
+        raise ValueError(f"The video folder {folder} does not exist (a relative video_folder is looked up in "
+                         "ComfyUI's input folder).")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(VIDEO_EXTENSIONS))
     videos = []
     for name in names:

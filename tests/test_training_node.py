@@ -29,7 +29,7 @@ def files(comfy, sd15_ad_checkpoint):
     return {"ckpt": sd15_ad_checkpoint, "mm": "train_v2.safetensors", "videos": videos}
 
 
-def train_prompt(files, output_name, steps=2, images=True, folder="pan_clips"):
+def train_prompt(files, output_name, steps=2, images=True, folder="pan_clips", precision="fp32", checkpointing=False):
     """checkpoint + motion module + reference clips -> Train AnimateDiff MotionLoRA -> Apply -> KSampler."""
     p = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": files["ckpt"]}},
@@ -38,7 +38,8 @@ def train_prompt(files, output_name, steps=2, images=True, folder="pan_clips"):
         "10": {"class_type": "AnimateDiffTrainMotionLoRA", "inputs": {
             "model": ["1", 0], "motion_module": ["5", 0], "vae": ["1", 2], "positive": ["2", 0],
             "video_folder": folder, "width": 64, "height": 64, "rank": RANK, "steps": steps,
-            "learning_rate": 1e-3, "clip_length": 4, "seed": 7, "output_name": output_name}},
+            "learning_rate": 1e-3, "clip_length": 4, "seed": 7, "output_name": output_name, "precision": precision,
+            "gradient_checkpointing": checkpointing}},
         "6": {"class_type": "AnimateDiffApplyMotionModule", "inputs": {
             "model": ["1", 0], "motion_module": ["10", 0], "beta_schedule": "autoselect", "motion_scale": 1.0,
             "effect": 1.0}},
@@ -81,8 +82,8 @@ def test_node_trains_saves_and_the_file_loads(comfy, files):
         "motion_module": ["5", 0], "lora_name": name, "strength": 1.0}}
     prompt["6"]["inputs"]["motion_module"] = ["12", 0]
     comfy.run(prompt)
-    # a second run never overwrites the first file
-    again = comfy.run(train_prompt(files, "pan_test", images=False))
+    # a second run never overwrites the first file (this one with gradient checkpointing)
+    again = comfy.run(train_prompt(files, "pan_test", images=False, checkpointing=True))
     assert again.output("10", 1) == "pan_test_2.safetensors"
     assert os.path.exists(os.path.join(lora_dir, "pan_test_2.safetensors"))
 
@@ -92,6 +93,8 @@ def test_node_without_clips_names_the_fix(comfy, files):
         comfy.run(train_prompt(files, "none", images=False, folder=""))
     with pytest.raises(PromptFailed, match="No video files"):
         comfy.run(train_prompt(files, "none", images=False, folder="."))
+    with pytest.raises(PromptFailed, match="does not exist"):
+        comfy.run(train_prompt(files, "none", images=False, folder="no_such_clips"))
 
 
 def cli(*args):
@@ -136,3 +139,52 @@ def test_command_line_refuses_motion_lora_without_module(tmp_path):
     run = subprocess.run([sys.executable, os.path.join(REPO_DIR, "scripts", "train.py"), "motion_lora",
                           "--checkpoint", "x", "--videos", "y", "--output", "z"], capture_output=True, text=True)
     assert run.returncode == 2 and "needs --motion-module" in run.stderr
+
+
+def test_over_http_progress_bar_and_cancel(comfy, comfy_server, files):
+    """On the real server: the node's progress bar reaches the websocket, POST /interrupt stops the training
+    between steps, no file is written, and the server goes on to run the next prompt."""
+    import importlib.util
+    import threading
+    import time
+
+    import requests
+    spec = importlib.util.spec_from_file_location("txt2vid_client", os.path.join(REPO_DIR, "scripts", "txt2vid.py"))
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+
+    class Recorder(client.ProgressListener):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.progress, self.first_step = [], threading.Event()
+
+        def show(self, kind, data):
+            if kind == "progress" and data.get("node") == "10":
+                self.progress.append((data["value"], data["max"]))
+                if data["value"] >= 1:
+                    self.first_step.set()
+
+    listener = Recorder(comfy_server.url, comfy_server.client_id, {})
+    listener.connect()
+    listener.start()
+    lora_dir = os.path.join(comfy.models, "animatediff_motion_lora")
+    try:
+        r = requests.post(comfy_server.url + "/prompt", timeout=30, json={
+            "prompt": train_prompt(files, "cancelled", steps=500, images=False), "client_id": comfy_server.client_id})
+        assert r.status_code == 200, r.text
+        prompt_id = r.json()["prompt_id"]
+        assert listener.first_step.wait(120), comfy_server.log_tail()
+        requests.post(comfy_server.url + "/interrupt", json={"prompt_id": prompt_id}, timeout=10)
+        deadline = time.monotonic() + 120
+        while prompt_id not in comfy_server.get(f"/history/{prompt_id}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status = comfy_server.get(f"/history/{prompt_id}")[prompt_id]["status"]
+        assert status["status_str"] == "error"
+        assert any(event == "execution_interrupted" for event, _ in status["messages"])
+        assert not os.path.isdir(lora_dir) or not [n for n in os.listdir(lora_dir) if n.startswith("cancelled")]
+        assert (1, 500) in listener.progress and listener.progress[-1][0] < 500
+        outputs = comfy_server.run(train_prompt(files, "after_cancel", steps=1, images=False), timeout=300)
+        assert "9" in outputs and os.path.exists(os.path.join(lora_dir, "after_cancel.safetensors"))
+        assert listener.progress[-1] == (1, 1)
+    finally:
+        listener.close()
