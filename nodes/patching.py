@@ -15,6 +15,9 @@
 - Context windows: `context_windows.AnimateDiffContextHandler` (a subclass of ComfyUI's own handler) as the
   model's `context_handler`, ComfyUI's PREPARE_SAMPLING wrapper that sizes memory for one window, and an
   OUTER_SAMPLE wrapper that logs the window plan and applies FreeNoise to the initial noise.
+- MotionLoRAs and the domain adapter: ComfyUI's LoRA weight patches (`add_patches`). Training them: trainable
+  LoRAs as weight wrappers (`add_weight_wrapper`) on clones, and for gradient checkpointing an injection that
+  puts each UNet block behind a `forward_timestep_embed_patch` running it under torch.utils.checkpoint.
 """
 import contextvars
 import functools
@@ -411,6 +414,10 @@ PARTS = {  # part: what is trained (everything else stays frozen)
 }
 
 
+# the v3 adapter's entries: diffusers names of the spatial attention projections, as comfy.lora maps them
+ADAPTER_ENTRY = re.compile(r"(down_blocks|mid_block|up_blocks)\.\S+\.attn[12]\.processor\.to_(q|k|v|out)")
+
+
 def trainable(model, motion_module, part, rank, seed, gradient_checkpointing=False):
     """(patched model to run, {file key: parameter}) for training `part` (a key of PARTS) with all else frozen.
 
@@ -431,7 +438,7 @@ def trainable(model, motion_module, part, rank, seed, gradient_checkpointing=Fal
 
     if part == "domain_adapter":
         add_loras(m, {entry: key for entry, key in comfy.lora.model_lora_keys_unet(m.model, {}).items()
-                      if re.fullmatch(r"(down_blocks|mid_block|up_blocks)\.\S+\.attn[12]\.processor\.to_(q|k|v|out)", entry)})
+                      if ADAPTER_ENTRY.fullmatch(entry)})
     elif part == "motion_lora":
         add_loras(module, formats.motion_lora_key_map(module.model.state_dict()))
     elif part == "motion_module":

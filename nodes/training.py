@@ -111,37 +111,38 @@ def train(model, part, videos, positive, steps, learning_rate, clip_length, seed
                 for k, p in params.items():
                     p.copy_(state["weights"][k])
             optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
             start, losses = state["step"], state["losses"].tolist()
             logging.info("AnimateDiff training: resumed %s from step %d (%s)", part, start, checkpoint)
-        positive = [[c.detach().clone(), {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in extra.items()}]
-                    for c, extra in positive]
-        frames = clip_length
-        shape = (frames,) + tuple(usable[0].shape[1:])
+        positive = [[c.detach().clone(), {k: v.detach().clone() if torch.is_tensor(v) else v
+                                          for k, v in extra.items()}] for c, extra in positive]
+        shape = (clip_length,) + tuple(usable[0].shape[1:])
 
         def save_state(step):
             torch.save({"part": part, "step": step, "losses": torch.tensor(losses),
                         "weights": {k: p.detach().cpu() for k, p in params.items()},
-                        "optimizer": optimizer.state_dict()}, checkpoint + ".partial")
+                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, checkpoint + ".partial")
             os.replace(checkpoint + ".partial", checkpoint)
 
         def loop(guider, extra_args):
             schedule = guider.inner_model.model_sampling
-            bar = tqdm(total=steps, initial=start, desc=f"Training {part}", disable=not comfy.utils.PROGRESS_BAR_ENABLED)
+            bar = tqdm(total=steps, initial=start, desc=f"Training {part}",
+                       disable=not comfy.utils.PROGRESS_BAR_ENABLED)
             progress = comfy.utils.ProgressBar(steps)
             progress.update_absolute(start)
             for step in range(start, steps):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2 ** 63)
                 if clips:
-                    video = usable[torch.randint(len(usable), (), generator=g)]
-                    first = int(torch.randint(video.shape[0] - frames + 1, (), generator=g))
-                    x0 = video[first:first + frames]
-                    t = torch.randint(len(schedule.sigmas), (1,), generator=g).expand(frames)
+                    video = usable[int(torch.randint(len(usable), (), generator=g))]
+                    first = int(torch.randint(video.shape[0] - clip_length + 1, (), generator=g))
+                    x0 = video[first:first + clip_length]
+                    t = torch.randint(len(schedule.sigmas), (1,), generator=g).expand(clip_length)
                 else:
                     picks = [(int(torch.randint(len(usable), (), generator=g)), torch.rand((), generator=g))
-                             for _ in range(frames)]
+                             for _ in range(clip_length)]
                     x0 = torch.stack([usable[v][int(r * usable[v].shape[0])] for v, r in picks])
-                    t = torch.randint(len(schedule.sigmas), (frames,), generator=g)
+                    t = torch.randint(len(schedule.sigmas), (clip_length,), generator=g)
                 noise = torch.randn(x0.shape, generator=g).to(device)
                 x0 = guider.inner_model.process_latent_in(x0.to(device, torch.float32))
                 sigma = schedule.sigmas[t.to(schedule.sigmas.device)].to(device)

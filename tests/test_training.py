@@ -91,9 +91,13 @@ def test_motion_module_stage_from_scratch(training, patching, tiny_sd15, tmp_pat
     assert module.model.info.format == "v3"
     assert all(not v.any() for k, v in module.model.state_dict().items() if ".proj_out." in k)
     before = snapshot(tiny_sd15)
-    weights, losses = training.train(tiny_sd15, "motion_module", [moving_square(seed=0)], conditioning(), steps=6,
-                                     learning_rate=1e-3, clip_length=8, seed=1, motion_module=module)
+    kwargs = dict(steps=30, clip_length=8, seed=1, motion_module=module)
+    _, base = training.train(tiny_sd15, "motion_module", [moving_square(seed=0)], conditioning(), learning_rate=0.0,
+                             **kwargs)
+    weights, losses = training.train(tiny_sd15, "motion_module", [moving_square(seed=0)], conditioning(),
+                                     learning_rate=1e-3, **kwargs)
     assert_identical(before, tiny_sd15)
+    assert sum(losses[-10:]) < 0.9 * sum(base[-10:]), (sum(losses[-10:]), sum(base[-10:]))
     sd = module.model.state_dict()
     assert any(v.any() for k, v in sd.items() if ".proj_out." in k)
     path = training.save(sd, str(tmp_path / "mm.safetensors"))

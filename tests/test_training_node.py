@@ -1,6 +1,7 @@
 """The MotionLoRA trainer node through real ComfyUI execution, and the three-stage command line on real files:
 stock checkpoint loader, CLIP text encoder and VAE, reference clips from a video folder and an IMAGE batch,
 files saved in the documented layouts and loaded by the loader nodes."""
+import logging
 import os
 import subprocess
 import sys
@@ -105,13 +106,16 @@ def cli(*args):
     return run.stdout + run.stderr
 
 
-def test_command_line_three_stages(comfy, files, tmp_path):
-    """domain adapter -> motion module (with the adapter, from scratch) -> MotionLoRA, resumed from its state."""
+def test_command_line_three_stages(comfy, files, caplog, tmp_path):
+    """domain adapter -> motion module (with the adapter, from scratch) -> MotionLoRA, resumed from its state;
+    the three files then load in the loader nodes and sample together."""
     def common(steps=2):
         return ["--checkpoint", os.path.join(comfy.models, "checkpoints", files["ckpt"]), "--videos", files["videos"],
                 "--width", "64", "--height", "64", "--steps", str(steps), "--rank", str(RANK), "--prompt", "a square"]
 
-    adapter, module, lora = (str(tmp_path / n) for n in ("adapter.safetensors", "mm.safetensors", "pan.safetensors"))
+    adapter, module, lora = (os.path.join(comfy.models, folder, name) for folder, name in (
+        ("loras", "cli_adapter.safetensors"), ("animatediff_models", "cli_mm.safetensors"),
+        ("animatediff_motion_lora", "cli_pan.safetensors")))
     log = cli("domain_adapter", *common(), "--clip-length", "2", "--output", adapter)
     assert "2 videos, 14 frames at 64x64" in log
     with safetensors.safe_open(adapter, "pt") as f:
@@ -134,8 +138,20 @@ def test_command_line_three_stages(comfy, files, tmp_path):
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     assert shapes == dict(builders.motion_lora_shapes(SD15_AD, RANK, mid=False))
 
+    prompt = train_prompt({**files, "mm": "cli_mm.safetensors"}, "unused")
+    del prompt["10"], prompt["11"]
+    prompt["20"] = {"class_type": "AnimateDiffApplyDomainAdapter", "inputs": {
+        "model": ["1", 0], "adapter_name": "cli_adapter.safetensors", "strength": 1.0}}
+    prompt["12"] = {"class_type": "AnimateDiffLoadMotionLoRA", "inputs": {
+        "motion_module": ["5", 0], "lora_name": "cli_pan.safetensors", "strength": 1.0}}
+    prompt["6"]["inputs"].update(model=["20", 0], motion_module=["12", 0])
+    with caplog.at_level(logging.INFO):
+        comfy.run(prompt)
+    assert ("v1 motion module cli_mm.safetensors on 4 frames; motion_scale 1, effect 1; MotionLoRAs: "
+            "cli_pan.safetensors (1); domain adapter: cli_adapter.safetensors (1)") in caplog.text
 
-def test_command_line_refuses_motion_lora_without_module(tmp_path):
+
+def test_command_line_refuses_motion_lora_without_module():
     run = subprocess.run([sys.executable, os.path.join(REPO_DIR, "scripts", "train.py"), "motion_lora",
                           "--checkpoint", "x", "--videos", "y", "--output", "z"], capture_output=True, text=True)
     assert run.returncode == 2 and "needs --motion-module" in run.stderr
