@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/thumbnails.py            # every workflow, on the local ComfyUI txt2vid.py starts
     .venv/bin/python scripts/thumbnails.py --steps 20 # with real weights in .demo/models/, for real pictures
+    .venv/bin/python scripts/thumbnails.py workflows/txt2vid.json   # only these
 
 The middle frame of each run's animation, scaled to 256 px. With the random-weight stand-ins txt2vid.py
 writes when no real files are installed, the pictures are noise: the run is real, the weights are not.
@@ -23,8 +24,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("workflows", nargs="*", help="workflow files (default: every one in workflows/)")
     args = p.parse_args()
-    for workflow in sorted(glob.glob(os.path.join(txt2vid.REPO, "workflows", "*.json"))):
+    for workflow in args.workflows or sorted(glob.glob(os.path.join(txt2vid.REPO, "workflows", "*.json"))):
         with tempfile.TemporaryDirectory() as out:
             if txt2vid.main(["--workflow", workflow, "--steps", str(args.steps), "--output", out]) != 0:
                 sys.exit(f"{workflow} did not run")

@@ -6,8 +6,8 @@
 Without --server it starts ComfyUI on 127.0.0.1 (a free port) with `.demo/` as its base directory and this
 pack linked into `.demo/custom_nodes/`, and stops it at the end. Models then live in `.demo/models/`:
 checkpoints/ and animatediff_models/. When the checkpoint or the motion module the workflow names is not
-there (or any other file the workflow loads: MotionLoRA, domain adapter, ControlNet, hint image), small
-random-weight stand-ins are written in their place so that the whole pipeline runs on a CPU
+there (or any other file the workflow loads: MotionLoRA, domain adapter, ControlNet, hint or reference frames),
+small random-weight stand-ins are written in their place so that the whole pipeline runs on a CPU
 in a few minutes; the animation is then random noise (it says so). Put real files there to get real ones.
 
 Standard library only, except that making the stand-ins imports tests/builders.py (torch, safetensors).
@@ -38,8 +38,10 @@ DEFAULT_WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
 DEFAULT_BASE = os.path.join(REPO, ".demo")
 PACK_LINK = "comfyui-animatediff"   # name of the pack's link in <base>/custom_nodes/
 RANDOM_WEIGHTS_RECORD = "random-weights.json"   # in the base directory: the stand-ins written so far
-# Size of a run on random-weight stand-ins (any of these given on the command line wins).
-TINY = dict(width=64, height=64, steps=4)
+# Size of a run on random-weight stand-ins (any of these given on the command line wins); train_steps and
+# clip_length shrink the MotionLoRA trainer of a training workflow.
+TINY = dict(width=64, height=64, steps=4, train_steps=2, clip_length=4)
+TRAINING_KNOBS = ("train_steps", "clip_length")
 BAR = 30  # characters of the sampling progress bar
 
 
@@ -348,7 +350,7 @@ def write_stand_in(builders, class_type, path):
         builders.save_file(builders.v3_adapter_sd_for_ad_layout(), path)
     elif class_type == "ControlNetLoader":
         builders.save_file(builders.controlnet_sd(), path)
-    else:  # LoadImage: 48 hint frames, an animated image
+    else:  # LoadImage: 48 frames, an animated image (ControlNet hint frames, or a trainer's reference video)
         builders.save_hint_frames(path, 48, 64, 64)
 
 
@@ -535,6 +537,11 @@ def stand_in_notice(base, stand_ins, tiny):
 
 
 def describe_run(prompt):
+    for trainer in wf.find_nodes(prompt, wf.TRAINER):
+        t = prompt[trainer]["inputs"]
+        log(f"Training a MotionLoRA: {t.get('steps')} steps on clips of {t.get('clip_length')} frames at "
+            f"{t.get('width')}x{t.get('height')}, rank {t.get('rank')}, saved in models/animatediff_motion_lora/ "
+            f"as {t.get('output_name')}")
     samplers = wf.find_nodes(prompt, "KSampler")
     if not samplers:
         return
@@ -573,6 +580,8 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int)
     p.add_argument("--checkpoint", help="checkpoint file name (models/checkpoints)")
     p.add_argument("--motion-module", help="motion module file name (models/animatediff_models)")
+    p.add_argument("--train-steps", type=int, help="training steps of a MotionLoRA trainer in the workflow")
+    p.add_argument("--clip-length", type=int, help="frames per training clip of a MotionLoRA trainer")
     p.add_argument("--base-directory", default=DEFAULT_BASE,
                    help="base directory of the ComfyUI this starts (default: .demo/ in the repository)")
     p.add_argument("--port", type=int, help="port of the ComfyUI this starts (default: a free one)")
@@ -603,7 +612,8 @@ def main(argv=None):
 
         overrides = dict(seed=args.seed, frames=args.frames, steps=args.steps, cfg=args.cfg, width=args.width,
                          height=args.height, positive=args.prompt, negative=args.negative,
-                         checkpoint=args.checkpoint, motion_module=args.motion_module)
+                         checkpoint=args.checkpoint, motion_module=args.motion_module,
+                         train_steps=args.train_steps, clip_length=args.clip_length)
         prompt = wf.apply_overrides(prompt, **overrides)
 
         random_weights = []
@@ -612,7 +622,9 @@ def main(argv=None):
         else:
             check_on_server(object_info, prompt)
         if random_weights:
-            tiny = {k: v for k, v in TINY.items() if getattr(args, k) is None}
+            trains = bool(wf.find_nodes(prompt, wf.TRAINER))
+            tiny = {k: v for k, v in TINY.items()
+                    if getattr(args, k) is None and (trains or k not in TRAINING_KNOBS)}
             prompt = wf.apply_overrides(prompt, **tiny)
             stand_in_notice(server.base, random_weights, tiny)
         describe_run(prompt)

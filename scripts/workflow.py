@@ -25,11 +25,12 @@ import json
 
 __all__ = [
     "ui_to_api", "widget_slots", "node_definitions", "node_info", "set_inputs", "find_nodes",
-    "upstream_node", "apply_overrides", "sync_widgets", "MissingNodeTypes", "MODE_NEVER", "MODE_BYPASS",
+    "upstream_node", "apply_overrides", "sync_widgets", "MissingNodeTypes", "MODE_NEVER", "MODE_BYPASS", "TRAINER",
 ]
 
 MODE_NEVER = 2  # "muted"
 MODE_BYPASS = 4
+TRAINER = "AnimateDiffTrainMotionLoRA"  # the MotionLoRA trainer node
 
 # Widget constructors the frontend has built in (ComfyWidgets); other input types are sockets.
 WIDGET_TYPES = {
@@ -322,12 +323,15 @@ def upstream_node(prompt, node_id, input_name):
 
 def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=None, height=None,
                     positive=None, negative=None, checkpoint=None, motion_module=None,
-                    filename_prefix=None):
+                    filename_prefix=None, train_steps=None, clip_length=None):
     """The usual knobs of a txt2vid workflow, found by node type and by following the sampler's links:
     seed/steps/cfg on every KSampler, frames (= batch size)/width/height on the latent its
     latent_image comes from (EmptyLatentImage), positive/negative on the CLIPTextEncode nodes linked
     to its positive/negative inputs, file names on CheckpointLoaderSimple/AnimateDiffLoadMotionModule,
-    filename_prefix on the save nodes. Returns a deep copy; None leaves a value as it is."""
+    filename_prefix on the save nodes; on every MotionLoRA trainer (AnimateDiffTrainMotionLoRA) its
+    steps (train_steps), clip_length and width/height (it trains at the size it animates; a prompt
+    without a trainer ignores train_steps and clip_length). Returns a deep copy; None leaves a value
+    as it is."""
     prompt = copy.deepcopy(prompt)
 
     def put(node_id, name, value):
@@ -359,6 +363,11 @@ def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=
         put(node_id, "ckpt_name", checkpoint)
     for node_id in find_nodes(prompt, "AnimateDiffLoadMotionModule"):
         put(node_id, "motion_module", motion_module)
+    for node_id in find_nodes(prompt, TRAINER):
+        put(node_id, "steps", train_steps)
+        put(node_id, "clip_length", clip_length)
+        put(node_id, "width", width)
+        put(node_id, "height", height)
     for node_id, node in prompt.items():
         if node["class_type"] in ("SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveImage"):
             put(node_id, "filename_prefix", filename_prefix)

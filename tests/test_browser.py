@@ -8,9 +8,9 @@ canvas: the frontend's own drop handler reads and loads it). Then:
     every combo holds one of its options);
   * the API prompt the frontend builds (app.graphToPrompt().output) equals scripts/workflow.py's
     ui_to_api of the same file;
-  * widgets are shrunk through the page (64x64, 8 frames or 48 for the long video, 1-2 steps), the Run
-    button queues it, the page shows the SaveAnimatedWEBP output, and the prompt the server ran is the
-    frontend's prompt with exactly those changes.
+  * widgets are shrunk through the page (64x64, 8 frames or 48 for the long video, 1-2 steps; the MotionLoRA
+    trainer to 2 steps on 4-frame clips at 64x64, rank 4), the Run button queues it, the page shows the
+    SaveAnimatedWEBP output, and the prompt the server ran is the frontend's prompt with exactly those changes.
 One screenshot per workflow goes to $ANIMATEDIFF_ARTIFACTS or <repo>/test-artifacts/, with the prompt
 the frontend produced. Without Chromium or Playwright the tests fail, saying how to install them.
 """
@@ -35,13 +35,17 @@ spec.loader.exec_module(workflow)
 ARTIFACTS = os.environ.get("ANIMATEDIFF_ARTIFACTS") or os.path.join(REPO_DIR, "test-artifacts")
 WORKFLOWS_DIR = os.path.join(REPO_DIR, "workflows")
 
-# what the run shrinks to, per workflow (the long one keeps its 48 frames: more than one context window)
+# what the run shrinks to, per workflow (the long one keeps its 48 frames: more than one context window);
+# "widgets": more widgets to set, by node type
 RUNS = {
     "txt2vid.json": {"frames": 8, "steps": 2},
     "long_video_controlnet.json": {"frames": 48, "steps": 1},
     "motion_lora.json": {"frames": 8, "steps": 2},
     "v3_adapter.json": {"frames": 8, "steps": 2},
+    "train_motion_lora.json": {"frames": 4, "steps": 1, "widgets": {"AnimateDiffTrainMotionLoRA": {
+        "steps": 2, "clip_length": 4, "width": 64, "height": 64, "rank": 4}}},
 }
+TRAINED_LORAS = "models/animatediff_motion_lora"  # where the trainer writes its file (removed after the run)
 SIZE = 64
 RUN_TIMEOUT = 300.0
 
@@ -54,6 +58,10 @@ def test_every_workflow_is_covered():
 
 def _hint_frames_webp(path, frames=48):
     builders.save_hint_frames(path, frames, SIZE, SIZE)
+
+
+def _reference_webp(path, frames=8):
+    builders.save_animation(path, builders.moving_square_frames(frames, SIZE, SIZE))
 
 
 def _model_files(checkpoint_path):
@@ -78,6 +86,7 @@ def _model_files(checkpoint_path):
         "models/loras/v3_sd15_adapter.ckpt": save(builders.v3_adapter_sd_for_ad_layout),
         "models/controlnet/control_v11p_sd15_openpose.pth": save(builders.controlnet_sd),
         "input/hint_frames.webp": _hint_frames_webp,
+        "input/pan_left_reference.webp": _reference_webp,
     }
 
 
@@ -243,12 +252,23 @@ def test_workflow_runs_from_the_page(loaded, comfy_server):
     save = loaded.node_id("SaveAnimatedWEBP")
     edits = [(latent, "width", SIZE), (latent, "height", SIZE), (latent, "batch_size", run["frames"]),
              (sampler, "steps", run["steps"])]
+    widgets = run.get("widgets", {})
+    edits += [(loaded.node_id(node_type), name, value) for node_type, values in widgets.items()
+              for name, value in values.items()]
     for node_id, name, value in edits:
         assert page.set_widget(node_id, name, value) == value, f"node {node_id} {name} did not take {value}"
 
+    trained = os.path.join(BASE_DIR, TRAINED_LORAS)
+    before = set(os.listdir(trained)) if os.path.isdir(trained) else set()
     t0 = time.perf_counter()
     prompt_id = page.queue()
-    page.wait_for_run(prompt_id, RUN_TIMEOUT)
+    try:
+        page.wait_for_run(prompt_id, RUN_TIMEOUT)
+    finally:
+        new = sorted(set(os.listdir(trained)) - before) if os.path.isdir(trained) else []
+        for name in new:
+            os.remove(os.path.join(trained, name))
+    assert len(new) == (workflow.TRAINER in widgets), f"files written to {TRAINED_LORAS}: {new}"
     shown = page.wait_for_output(save)
     seconds = time.perf_counter() - t0
     print(f"\n{loaded.name}: queued from the page, output shown after {seconds:.1f} s")
@@ -270,6 +290,7 @@ def test_workflow_runs_from_the_page(loaded, comfy_server):
     ran = item["prompt"][2]
     expected = workflow.apply_overrides(copy.deepcopy(loaded.prompt), width=SIZE, height=SIZE,
                                         frames=run["frames"], steps=run["steps"])
+    workflow.set_inputs(expected, widgets)
     assert ran == expected, "\n".join(prompt_differences(ran, expected, ("ran", "expected")))
     assert item["outputs"][str(save)]["images"] == [image]
 

@@ -11,7 +11,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
-WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json", "motion_lora.json", "v3_adapter.json")
+WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json", "motion_lora.json", "v3_adapter.json",
+             "train_motion_lora.json")
 
 
 def _load_script(name):
@@ -25,7 +26,7 @@ wf = _load_script("workflow")
 comfyui_path = _load_script("comfyui_path")
 
 PACK_NODES = ("AnimateDiffLoadMotionModule", "AnimateDiffApplyMotionModule", "AnimateDiffContextWindows",
-              "AnimateDiffLoadMotionLoRA", "AnimateDiffApplyDomainAdapter")
+              "AnimateDiffLoadMotionLoRA", "AnimateDiffApplyDomainAdapter", "AnimateDiffTrainMotionLoRA")
 
 
 def _comfy_nodes():
@@ -370,6 +371,20 @@ def test_apply_overrides_follows_the_samplers_links(prompt):
     assert out["5"]["inputs"]["motion_module"] == "m.ckpt"
     assert out["9"]["inputs"]["filename_prefix"] == "test/vid"
     assert wf.apply_overrides(prompt) == EXPECTED
+
+
+def test_apply_overrides_shrinks_the_motion_lora_trainer(object_info, prompt):
+    with open(os.path.join(REPO, "workflows", "train_motion_lora.json"), encoding="utf-8") as f:
+        training = wf.ui_to_api(json.load(f), object_info)
+    (trainer,) = wf.find_nodes(training, wf.TRAINER)
+    assert {k: training[trainer]["inputs"][k] for k in ("width", "height", "rank", "steps", "clip_length")} == {
+        "width": 512, "height": 512, "rank": 64, "steps": 500, "clip_length": 16}
+    out = wf.apply_overrides(training, width=64, height=96, steps=3, train_steps=2, clip_length=4)
+    assert {k: out[trainer]["inputs"][k] for k in ("width", "height", "rank", "steps", "clip_length")} == {
+        "width": 64, "height": 96, "rank": 64, "steps": 2, "clip_length": 4}
+    (sampler,) = wf.find_nodes(out, "KSampler")
+    assert out[sampler]["inputs"]["steps"] == 3
+    assert wf.apply_overrides(prompt, train_steps=2, clip_length=4) == EXPECTED  # no trainer: nothing to shrink
 
 
 def test_sync_widgets_writes_the_prompts_values_back(workflow, prompt, object_info):

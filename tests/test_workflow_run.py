@@ -127,10 +127,41 @@ def test_lora_workflows_in_process(comfy, sd15_ad_checkpoint, name, adapter):
     assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (8, (64, 64))
 
 
+def test_train_motion_lora_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module):
+    """workflows/train_motion_lora.json: reference frames (an animated WEBP through Load Image) -> Train AnimateDiff
+    MotionLoRA -> its motion module, with the MotionLoRA applied, animates; the file is in the official layout."""
+    import safetensors
+    builders.save_animation(os.path.join(comfy.input_dir, "workflow_reference.webp"),
+                            builders.moving_square_frames(4, 64, 64))
+    with open(os.path.join(REPO_DIR, "workflows", "train_motion_lora.json")) as f:
+        ui = json.load(f)
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, info), width=64, height=64, frames=4, steps=2,
+                                      train_steps=2, clip_length=4, checkpoint=sd15_ad_checkpoint,
+                                      motion_module=motion_module)
+    workflow.set_inputs(prompt, {"LoadImage": {"image": "workflow_reference.webp"},
+                                 workflow.TRAINER: {"rank": 4, "output_name": "workflow_pan_left"}})
+    (trainer,) = workflow.find_nodes(prompt, workflow.TRAINER)
+    assert {k: prompt[trainer]["inputs"][k] for k in ("width", "height", "steps", "clip_length", "video_folder")} \
+        == {"width": 64, "height": 64, "steps": 2, "clip_length": 4, "video_folder": ""}
+    (apply,) = workflow.find_nodes(prompt, "AnimateDiffApplyMotionModule")
+    assert workflow.upstream_node(prompt, apply, "motion_module") == trainer
+    assert workflow.upstream_node(prompt, trainer, "images") == workflow.find_nodes(prompt, "LoadImage")[0]
+    outputs = comfy.run(prompt)
+    name = outputs.output(trainer, 1)
+    assert name.startswith("workflow_pan_left") and name.endswith(".safetensors")
+    with safetensors.safe_open(os.path.join(comfy.models, "animatediff_motion_lora", name), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        assert f.metadata()["steps"] == "2" and f.metadata()["clip_length"] == "4"
+    assert shapes == dict(builders.motion_lora_shapes((320,) * 4, 4, mid=True))
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (4, (64, 64))
+
+
 def test_workflows_are_templates_with_thumbnails(comfy_server):
     """ComfyUI's template browser lists every workflow under the pack and serves it with its .jpg thumbnail."""
     names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(REPO_DIR, "workflows")) if f.endswith(".json"))
-    assert names == ["long_video_controlnet", "motion_lora", "txt2vid", "v3_adapter"]
+    assert names == ["long_video_controlnet", "motion_lora", "train_motion_lora", "txt2vid", "v3_adapter"]
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-animatediff"]) == names
     for name in names:
