@@ -406,20 +406,15 @@ def apply_domain_adapter(model, path, name, strength):
 
 # ------------------------------------------------------------------------------------------------ training
 
-PARTS = {  # part: what is trained (everything else stays frozen)
-    "domain_adapter": "LoRAs on the image model's spatial attention (attn1, attn2: q, k, v, out)",
-    "motion_module": "the motion module's own weights",
-    "motion_lora": "LoRAs on the motion module's temporal attention (q, k, v, out)",
-    "image_model": "the image model's own weights (for toy models)",
-}
-
-
 # the v3 adapter's entries: diffusers names of the spatial attention projections, as comfy.lora maps them
 ADAPTER_ENTRY = re.compile(r"(down_blocks|mid_block|up_blocks)\.\S+\.attn[12]\.processor\.to_(q|k|v|out)")
 
 
 def trainable(model, motion_module, part, rank, seed, gradient_checkpointing=False):
-    """(patched model to run, {file key: parameter}) for training `part` (a key of PARTS) with all else frozen.
+    """(patched model to run, {file key: parameter}) for training `part` with everything else frozen:
+    "domain_adapter" (LoRAs on the image model's spatial attention, attn1/attn2 q, k, v, out), "motion_module"
+    (the motion module's own weights), "motion_lora" (LoRAs on its temporal attention q, k, v, out) or
+    "image_model" (the UNet's own weights, for toy models).
 
     LoRAs are weight wrappers (`add_weight_wrapper`) on clones, so nothing the other nodes hold changes; their
     keys are the MotionLoRA layout (shared doc 4) or the v3 adapter layout. `motion_module` and `image_model`

@@ -85,7 +85,7 @@ class TrainingSampler(comfy.samplers.Sampler):
 
 def train(model, part, videos, positive, steps, learning_rate, clip_length, seed, motion_module=None, rank=64,
           precision="fp32", gradient_checkpointing=False, checkpoint=None, checkpoint_every=0, report=None):
-    """Train `part` (patching.PARTS) of `model` [with `motion_module`] on `videos` (VAE latents [n, c, h, w]) with
+    """Train `part` (see patching.trainable) of `model` [with `motion_module`] on `videos` (VAE latents [n, c, h, w]) with
     the conditioning `positive`; returns ({file key: trained tensor}, [loss per step]).
 
     `checkpoint`: a path for the training state (weights, optimizer, step), written every `checkpoint_every`
