@@ -279,8 +279,9 @@ class AnimateDiffTrainMotionLoRA(io.ComfyNode):
                                          learning_rate, clip_length, seed, motion_module=motion_module, rank=rank,
                                          precision=precision, gradient_checkpointing=gradient_checkpointing,
                                          report=report)
-        name = training.free_name(folder_paths.get_folder_paths(MOTION_LORAS)[0], output_name)
-        path = training.save(weights, os.path.join(folder_paths.get_folder_paths(MOTION_LORAS)[0], name),
+        folder = folder_paths.get_folder_paths(MOTION_LORAS)[0]
+        name = training.free_name(folder, output_name)
+        path = training.save(weights, os.path.join(folder, name),
                              motion_module=motion_module.model.name, rank=rank, steps=steps,
                              learning_rate=learning_rate, clip_length=clip_length, seed=seed,
                              final_loss=f"{losses[-1]:.6f}")
