@@ -1,20 +1,23 @@
 """Context windows for AnimateDiff: ComfyUI's own `IndexListContextHandler`, for frames as the batch dimension.
 
 A motion module knows 24 or 32 frame positions; longer animations are sampled in overlapping windows of frames
-whose results ComfyUI's handler fuses (its schedules and fuse weights, unchanged). What this subclass adds:
+whose results ComfyUI's handler fuses (its schedules and fuse weights, unchanged). What this subclass adds, each
+only where core needs it (`compat` detects what core does):
 
-- `set_step`: the core handler matches the whole timestep tensor against the sampling sigmas, which breaks when
-  the frames are the batch (one timestep per frame); all frames share the step, so the first one decides.
+- `set_step` (cores before 0.33): core matched the whole timestep tensor against the sampling sigmas, which
+  breaks when the frames are the batch (one timestep per frame), and failed on a sampler's substeps; as later
+  cores do, the first frame decides, and a substep keeps the step.
+- `get_resized_cond` (cores before 0.33): per-frame model conditioning (`c_concat`, per-frame `c_crossattn`, ...)
+  is sliced to the window; those cores only sliced it when frames were not the batch dimension.
 - `get_context_windows`: the uniform schedules' windows with `context_stride` > 1 can reach past the last frame,
   hold a frame twice or leave frames out; those are repaired, so every frame is in a window on every step.
-- `get_resized_cond`: per-frame model conditioning (`c_concat`, per-frame `c_crossattn`, ...) is sliced to the
-  window; the core handler only slices it when frames are not the batch dimension.
 - an EVALUATE_CONTEXT_WINDOWS callback that gives every ControlNet / T2I adapter in a cond's chain the hint
   frames of the window (core alone hands each window the first frames of the hint batch), and publishes the
   window in `transformer_options["ad_params"]` (`full_length`, `context_length`, `sub_idxs`) as other packs
   expect; `execute` restores the hints afterwards, also when sampling is cancelled between windows.
-- `freenoise`: FreeNoise's initial noise (Qiu et al. 2023), frames beyond the first window reuse the shuffled
-  noise of the frames before them, so overlapping windows start from correlated noise.
+- `freenoise`: FreeNoise's initial noise (Qiu et al. 2023; core's `apply_freenoise` where core has it): frames
+  beyond the first window reuse the shuffled noise of the frames that left the window, so overlapping windows
+  start from the same noises.
 """
 import logging
 
@@ -22,7 +25,9 @@ import torch
 
 import comfy.controlnet
 import comfy.patcher_extension
-from comfy.context_windows import IndexListCallbacks, IndexListContextHandler, IndexListContextWindow
+from comfy.context_windows import IndexListCallbacks, IndexListContextHandler
+
+from . import compat
 
 KEY = "animatediff"
 
@@ -30,8 +35,10 @@ KEY = "animatediff"
 class AnimateDiffContextHandler(IndexListContextHandler):
     def __init__(self, context_schedule, fuse_method, context_length, context_overlap, context_stride, closed_loop,
                  freenoise):
-        super().__init__(context_schedule, fuse_method, context_length, context_overlap, context_stride, closed_loop,
-                         dim=0)
+        super().__init__(**compat.handler_options(
+            context_schedule=context_schedule, fuse_method=fuse_method, context_length=context_length,
+            context_overlap=context_overlap, context_stride=context_stride, closed_loop=closed_loop,
+            freenoise=freenoise))
         self.freenoise = freenoise
         self.hints = {}  # control object -> its full hint batch, while a step runs windows on it
         comfy.patcher_extension.add_callback_with_key(IndexListCallbacks.EVALUATE_CONTEXT_WINDOWS, KEY,
@@ -40,8 +47,11 @@ class AnimateDiffContextHandler(IndexListContextHandler):
     def should_use_context(self, model, conds, x_in, timestep, model_options):
         return x_in.size(0) > self.context_length  # the core handler logs this every step; see log_plan
 
-    def set_step(self, timestep, model_options):
-        super().set_step(timestep[:1], model_options)
+    if not compat.STEPS_FROM_FRAME_BATCH:
+        def set_step(self, timestep, model_options):
+            sigmas = model_options["transformer_options"]["sample_sigmas"]
+            if torch.isclose(sigmas, timestep[0].to(sigmas.dtype), rtol=0.0001).any():  # else a substep
+                super().set_step(timestep[:1], model_options)
 
     def get_context_windows(self, model, x_in, model_options):
         """The core schedule's windows, repaired where its uniform schedules go wrong with context_stride > 1
@@ -57,7 +67,7 @@ class AnimateDiffContextHandler(IndexListContextHandler):
             start = min(missing[0], frames - self.context_length)
             windows.append(list(range(start, start + self.context_length)))
             missing = [i for i in missing if i >= start + self.context_length]
-        return [IndexListContextWindow(w, dim=0) for w in windows]
+        return [compat.window(w, frames, self.context_overlap) for w in windows]
 
     def plan(self, frames, step=0):
         """The windows (lists of frame indices) of `step` for `frames` frames."""
@@ -74,14 +84,15 @@ class AnimateDiffContextHandler(IndexListContextHandler):
                      self.context_overlap, self.fuse_method.name, shifts, " ".join(
                          f"[{w[0]}-{w[-1]}]" if w == list(range(w[0], w[-1] + 1)) else str(w) for w in windows))
 
-    def get_resized_cond(self, cond_in, x_in, window, device=None):
-        resized = super().get_resized_cond(cond_in, x_in, window, device)
-        for cond in resized or []:
-            cond["model_conds"] = {
-                k: v._copy_with(window.get_tensor(v.cond, device))
-                if isinstance(v.cond, torch.Tensor) and v.cond.size(0) == x_in.size(0) else v
-                for k, v in cond["model_conds"].items()}
-        return resized
+    if not compat.SLICES_FRAME_CONDS:
+        def get_resized_cond(self, cond_in, x_in, window, device=None):
+            resized = super().get_resized_cond(cond_in, x_in, window, device)
+            for cond in resized or []:
+                cond["model_conds"] = {
+                    k: v._copy_with(window.get_tensor(v.cond, device))
+                    if isinstance(v.cond, torch.Tensor) and v.cond.size(0) == x_in.size(0) else v
+                    for k, v in cond["model_conds"].items()}
+            return resized
 
     def enter_window(self, handler, model, x_in, conds, timestep, model_options, window_idx, window, *args):
         model_options["transformer_options"]["ad_params"] = {
@@ -111,15 +122,3 @@ def set_hint(control, hint):
     control.cond_hint = None
     if isinstance(control, comfy.controlnet.T2IAdapter):
         control.control_input = None
-
-
-def freenoise(noise, context_length, context_overlap, seed):
-    """noise [frames, ...]: each frame past the first window takes the noise of one of the `context_length -
-    context_overlap` frames before that stretch, shuffled (a CPU generator seeded with `seed`)."""
-    stride = context_length - context_overlap
-    generator = torch.Generator().manual_seed(seed)
-    noise = noise.clone()
-    for start in range(context_length, noise.shape[0], stride):
-        count = min(stride, noise.shape[0] - start)
-        noise[start:start + count] = noise[start - stride + torch.randperm(stride, generator=generator)[:count]]
-    return noise

@@ -47,10 +47,11 @@ from comfy.supported_models import SD15, SDXL
 from ..motion_modules import formats
 from ..motion_modules.model import LoRA, MotionModel, VanillaTemporalModule
 
-try:
-    import comfy.context_windows
+from . import compat
+
+if compat.core is not None:
     from . import context_windows
-except ImportError:  # a ComfyUI without comfy.context_windows
+else:  # a ComfyUI without comfy.context_windows
     context_windows = None
 
 KEY = "animatediff"
@@ -320,17 +321,17 @@ def apply_context_windows(model, context_length, context_overlap, context_schedu
                           fuse_method, freenoise):
     """A clone of `model` that samples its frames in overlapping windows (ComfyUI's context handler)."""
     if context_windows is None:
-        raise MotionModuleError("AnimateDiff Context Windows needs ComfyUI's context-window support "
-                                "(comfy.context_windows, ComfyUI 0.3.75 or newer): update ComfyUI.")
+        raise MotionModuleError(compat.too_old("AnimateDiff Context Windows",
+                                               "ComfyUI's context windows (comfy.context_windows)"))
     if context_overlap >= context_length:
         raise MotionModuleError(f"context_overlap ({context_overlap}) must be smaller than context_length "
                                 f"({context_length}): windows that overlap completely never advance.")
     m = model.clone()
     m.model_options["context_handler"] = context_windows.AnimateDiffContextHandler(
-        comfy.context_windows.get_matching_context_schedule(context_schedule),
-        comfy.context_windows.get_matching_fuse_method(fuse_method),
+        compat.core.get_matching_context_schedule(context_schedule),
+        compat.core.get_matching_fuse_method(fuse_method),
         context_length, context_overlap, context_stride, closed_loop, freenoise)
-    comfy.context_windows.create_prepare_sampling_wrapper(m)
+    compat.core.create_prepare_sampling_wrapper(m)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY + "_context", start_context_windows)
     return m
 
@@ -340,7 +341,7 @@ def start_context_windows(executor, noise, latent_image, sampler, sigmas, denois
     handler = executor.class_obj.model_options["context_handler"]
     handler.log_plan(noise.shape[0])
     if handler.freenoise:
-        noise = context_windows.freenoise(noise, handler.context_length, handler.context_overlap, seed or 0)
+        noise = compat.apply_freenoise(noise.clone(), 0, handler.context_length, handler.context_overlap, seed or 0)
     return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
 
 

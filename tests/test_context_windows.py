@@ -148,19 +148,35 @@ def test_per_frame_conditioning_is_sliced_to_the_window(patching, motion_module)
         torch.testing.assert_close(cond, per_frame[window], rtol=0, atol=0)
 
 
-def test_freenoise_reuses_shuffled_noise_of_the_frames_before(patching, motion_module, context_windows):
+def freenoise_reference(noise, length, overlap, seed):
+    """FreeNoise's noise rescheduling as the paper's code writes it: from frame `length` on, each stretch of
+    `length - overlap` frames takes the noise of the frames that left the window, shuffled (a seeded torch
+    permutation in place of random.shuffle)."""
+    generator, noise, stride = torch.Generator().manual_seed(seed), noise.clone(), length - overlap
+    for frame_index in range(length, noise.shape[0], stride):
+        count = min(stride, noise.shape[0] - frame_index)
+        sources = torch.randperm(count, generator=generator) + frame_index - length
+        noise[frame_index:frame_index + count] = noise[sources]
+    return noise
+
+
+def test_freenoise_gives_every_window_the_first_windows_noises(patching, motion_module, pack):
+    compat = pack.nodes.compat
     frames, length, overlap = 40, 16, 4
     noise = comfy.sample.prepare_noise(torch.zeros(frames, 4, HEIGHT, WIDTH), 7)
-    shuffled = context_windows.freenoise(noise, length, overlap, 7)
-    assert torch.equal(shuffled, context_windows.freenoise(noise, length, overlap, 7))  # deterministic per seed
-    assert not torch.equal(shuffled, context_windows.freenoise(noise, length, overlap, 8))
+    shuffled = compat.apply_freenoise(noise.clone(), 0, length, overlap, 7)  # core's where core has it
+    assert torch.equal(shuffled, freenoise_reference(noise, length, overlap, 7))
+    assert torch.equal(compat.freenoise(noise.clone(), 0, length, overlap, 7), shuffled)  # the pack's own
+    assert torch.equal(shuffled, compat.apply_freenoise(noise.clone(), 0, length, overlap, 7))  # deterministic
+    assert not torch.equal(shuffled, compat.apply_freenoise(noise.clone(), 0, length, overlap, 8))
     assert torch.equal(shuffled[:length], noise[:length])
-    stride = length - overlap
-    for start in range(length, frames, stride):
-        sources = [next(j for j in range(start - stride, start) if torch.equal(shuffled[i], shuffled[j]))
-                   for i in range(start, min(start + stride, frames))]
-        assert len(set(sources)) == len(sources)  # a permutation of the stretch before
-        assert sources != list(range(start - stride, start))[: len(sources)]
+    first = noise[:length].flatten(1)
+    for start in range(0, frames - length + 1, length - overlap):  # each static window: the first's noises
+        rows = shuffled[start:start + length].flatten(1)
+        sources = [int(torch.nonzero((first == row).all(1))[0]) for row in rows]
+        assert sorted(sources) == list(range(length)), start
+        if start:
+            assert sources != list(range(length))  # shuffled
 
     # through sampling: the first step's input carries FreeNoise's noise; off, plain noise
     for enabled in (True, False):
@@ -187,10 +203,13 @@ def test_overlap_must_be_smaller_than_length(patching, motion_module):
         animated(patching, motion_module, windows=True, context_overlap=16)
 
 
-def test_comfyui_manual_context_windows_are_named_in_the_error(patching, motion_module):
+def test_comfyui_manual_context_windows_are_named_in_the_error(patching, motion_module, pack):
     import comfy_extras.nodes_context_windows as core
-    m = core.ContextWindowsManualNode.execute(animated(patching, motion_module), 16, 4, "standard_static", 1, False,
-                                              "pyramid", 0).result[0]
+    compat = pack.nodes.compat
+    m = core.ContextWindowsManualNode.execute(
+        animated(patching, motion_module), context_length=16, context_overlap=4, context_schedule="standard_static",
+        context_stride=1, closed_loop=False, fuse_method="pyramid", dim=0,
+        **compat.taken(core.ContextWindowsManualNode.execute, freenoise=False)).result[0]  # 0.33 added freenoise
     with pytest.raises(patching.MotionModuleError, match="put AnimateDiff Context Windows after .*instead of "
                                                          r"ComfyUI's Context Windows \(Manual\)"):
         sample(m, 40, steps=1)
@@ -233,6 +252,7 @@ def test_per_frame_model_conds_and_masks_are_sliced(context_windows):
                              "per_frame": comfy.conds.CONDCrossAttn(concat[:, 0])},
              "mask": mask, "strength": 1.0}]
     window = handler.get_context_windows(None, x, {})[1]
+    handler._model = None  # what execute() sets before it resizes conds (0.33 asks the model first)
     (resized,) = handler.get_resized_cond(cond, x, window)
     idx = list(range(12, 28))
     assert window.index_list == idx
@@ -241,6 +261,66 @@ def test_per_frame_model_conds_and_masks_are_sliced(context_windows):
     assert resized["model_conds"]["c_crossattn"].cond is text
     assert torch.equal(resized["mask"], mask[idx])
     assert cond[0]["model_conds"]["c_concat"].cond is concat  # the original cond is left as it was
+
+
+SIGMAS = {"transformer_options": {"sample_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.0])}}
+
+
+def core_handler(**options):
+    core = comfy.context_windows  # core's own handler, as core's node builds it
+    return core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
+                                        core.get_matching_fuse_method("pyramid"), **options)
+
+
+def test_set_step_is_repaired_exactly_where_core_misses_the_step(context_windows, pack):
+    """Core 0.3.75 matches every frame's timestep against the sigmas at once (it raises for a frame batch) and
+    raises on a sampler's substep; 0.33 takes the first frame's and keeps the step. The subclass overrides
+    set_step only where core's fails, and the step is right on both."""
+    handler = core_handler(**pack.nodes.compat.handler_options(context_length=16))
+    try:
+        handler.set_step(torch.full((40,), 2.0), SIGMAS)
+        handler.set_step(torch.full((40,), 1.5), SIGMAS)
+        core_steps = handler._step == 1
+    except Exception:
+        core_steps = False
+    ours = context_windows.AnimateDiffContextHandler
+    assert (ours.set_step is comfy.context_windows.IndexListContextHandler.set_step) == core_steps
+    assert pack.nodes.compat.STEPS_FROM_FRAME_BATCH == core_steps
+    handler = ours(comfy.context_windows.get_matching_context_schedule("standard_uniform"),
+                   comfy.context_windows.get_matching_fuse_method("pyramid"), 16, 4, 1, False, False)
+    for timestep, step in ((2.0, 1), (1.5, 1), (1.0, 2), (3.0, 0)):  # 1.5: a substep keeps the step
+        handler.set_step(torch.full((40,), timestep), SIGMAS)
+        assert handler._step == step, timestep
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2s_ancestral"])
+def test_samplers_with_substeps_run_in_windows(patching, motion_module, sampler):
+    """Their model calls between two sigmas must not fail the step lookup (core 0.3.75's raises there)."""
+    m = animated(patching, motion_module, windows=True, context_schedule="standard_uniform")
+    calls = record_unet_calls(m)
+    latent = torch.zeros(24, 4, HEIGHT, WIDTH)
+    positive = [[torch.randn(1, TOKENS, 768, generator=torch.Generator().manual_seed(1)), {}]]
+    with torch.no_grad():
+        out = comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 0), 2, 3.0, sampler, "normal", positive,
+                                  positive, latent, disable_pbar=True, seed=0)
+    assert torch.isfinite(out).all() and len(calls) > 2 * len(m.model_options["context_handler"].plan(24))
+
+
+def test_frame_conds_are_repaired_exactly_where_core_does_not_slice_them(context_windows, pack):
+    """Core 0.3.75 slices model conds only when the frames are not dim 0; 0.33 slices them on dim 0 too. The
+    subclass overrides get_resized_cond only where core does not (the slicing itself:
+    test_per_frame_model_conds_and_masks_are_sliced)."""
+    import comfy.conds
+    handler = core_handler(**pack.nodes.compat.handler_options(context_length=16, context_overlap=4))
+    handler._model = None
+    x, concat = torch.zeros(40, 4, HEIGHT, WIDTH), torch.randn(40, 5, HEIGHT, WIDTH)
+    window = handler.get_context_windows(None, x, {})[1]
+    (resized,) = handler.get_resized_cond([{"model_conds": {"c_concat": comfy.conds.CONDNoiseShape(concat)}}], x,
+                                          window)
+    core_slices = resized["model_conds"]["c_concat"].cond.shape[0] == 16
+    ours = context_windows.AnimateDiffContextHandler
+    assert (ours.get_resized_cond is comfy.context_windows.IndexListContextHandler.get_resized_cond) == core_slices
+    assert pack.nodes.compat.SLICES_FRAME_CONDS == core_slices
 
 
 def test_without_comfyui_context_windows_the_pack_loads_and_the_node_says_what_to_update(comfy):
@@ -264,5 +344,6 @@ except ValueError as e:
     print("ERROR:", e)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=COMFYUI_DIR, timeout=300)
-    assert "ERROR: AnimateDiff Context Windows needs ComfyUI's context-window support" in out.stdout, out.stderr[-3000:]
-    assert "update ComfyUI" in out.stdout
+    assert ("ERROR: AnimateDiff Context Windows needs ComfyUI's context windows (comfy.context_windows), which this "
+            "ComfyUI does not have: update ComfyUI (this pack is tested on ComfyUI 0.3.75 and 0.33.0)") in out.stdout, \
+        out.stderr[-3000:]

@@ -605,6 +605,19 @@ def test_pyproject_has_the_registry_fields():
         f"the tests run on ComfyUI {version.__version__}, outside requires-comfyui {comfy['requires-comfyui']}"
 
 
+def test_tested_comfyui_versions_match_requires_comfyui_and_the_readme(pack):
+    """The versions CI runs the suite on (compat.TESTED): the lowest is requires-comfyui's bound, and the README
+    names every one."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+    tested, required = pack.nodes.compat.TESTED, _pyproject()["tool"]["comfy"]["requires-comfyui"]
+    assert all(v in SpecifierSet(required) for v in tested)
+    assert required == ">=" + min(tested, key=Version)
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    assert all(f"ComfyUI {v}" in readme for v in tested)
+
+
 def test_dependencies_are_requirements_txt():
     """setuptools expands the dynamic dependencies (as a build or the registry's tooling would) to exactly
     requirements.txt's requirements."""
