@@ -86,8 +86,10 @@ _INSTRUMENT = r"""
     t.missingNodesDialog.push(...types.map(x => typeof x === 'string' ? x : x.type));
     return nodesDialog(types);
   };
-  const modelsDialog = app.showMissingModelsError.bind(app);
-  app.showMissingModelsError = (models, paths) => { t.missingModelsDialog.push(...models); return modelsDialog(models, paths); };
+  if (app.showMissingModelsError) {  // frontend 1.32.9; 1.49.6 lists missing models in a side panel instead
+    const modelsDialog = app.showMissingModelsError.bind(app);
+    app.showMissingModelsError = (models, paths) => { t.missingModelsDialog.push(...models); return modelsDialog(models, paths); };
+  }
   app.registerExtension({
     name: 'test.browser.recorder',
     async afterConfigureGraph(missing) {
@@ -116,9 +118,24 @@ async ([name, text]) => {
 }
 """
 
+# Where the frontend tells the user what is wrong: its dialogs, and 1.49.6's error overlay (missing nodes).
+DIALOGS = ".p-dialog, [role=dialog], [role=alertdialog], [data-testid=error-overlay]"
+
+# The missing node types and models the frontend showed: its dialogs' arguments (1.32.9) and the active
+# workflow's pendingWarnings (1.49.6, which surfaces them in an error overlay and a side panel instead).
+_MISSING = r"""
+() => {
+  const t = window.__test, pending = window.app.extensionManager?.workflow?.activeWorkflow?.pendingWarnings ?? {};
+  const name = x => typeof x === 'string' ? x : (x.type ?? x.name);
+  return {nodes: t.missingNodes,
+          nodes_dialog: [...t.missingNodesDialog, ...(pending.missingNodeTypes ?? []).map(name)],
+          models_dialog: [...t.missingModelsDialog, ...(pending.missingModelCandidates ?? []).map(name)]};
+}
+"""
+
 # Every node of the graph with its widgets as the frontend holds them.
 _NODES = r"""
-() => window.app.graph.nodes.map(n => ({
+() => (window.app.rootGraph ?? window.app.graph).nodes.map(n => ({
   id: n.id, type: n.type, registered: n.type in LiteGraph.registered_node_types,
   has_errors: !!n.has_errors, mode: n.mode,
   widgets: (n.widgets || []).map(w => ({
@@ -132,7 +149,7 @@ _NODES = r"""
 
 _SET_WIDGET = r"""
 ([id, name, value]) => {
-  const node = window.app.graph.getNodeById(id);
+  const node = (window.app.rootGraph ?? window.app.graph).getNodeById(id);
   if (!node) throw new Error(`no node ${id}`);
   const widget = (node.widgets || []).find(w => w.name === name);
   if (!widget) throw new Error(`node ${id} (${node.type}) has no widget ${name}: ${(node.widgets || []).map(w => w.name)}`);
@@ -153,7 +170,7 @@ _OUTPUT_IMAGE = r"""
   const images = outputs?.images || [];
   if (!images.length) return null;
   const wanted = images.map(i => i.filename);
-  const node = window.app.graph.getNodeById(id);
+  const node = (window.app.rootGraph ?? window.app.graph).getNodeById(id);
   const imgs = [...document.querySelectorAll('img')].filter(img => wanted.some(f => img.src.includes(encodeURIComponent(f))));
   const shown = imgs.find(img => img.complete && img.naturalWidth > 0);
   if (!shown) return null;
@@ -216,14 +233,26 @@ class ComfyPage:
     def missing_reported(self):
         """What the frontend reported for the last dropped workflow: `nodes`, the missing node types its
         loadGraphData collected (handed to afterConfigureGraph); `nodes_dialog` / `models_dialog`, what it
-        passed to its missing-nodes / missing-models dialogs."""
-        return self.evaluate("({nodes: window.__test.missingNodes, nodes_dialog: window.__test.missingNodesDialog, "
-                             "models_dialog: window.__test.missingModelsDialog})")
+        showed the user as missing: what it passed to its missing-nodes / missing-models dialogs (1.32.9), or
+        the workflow's pending warnings that its error overlay and side panel show (1.49.6)."""
+        return self.evaluate(_MISSING)
+
+    def shown_errors(self):
+        """What the page tells the user is wrong: the open dialogs' texts (1.32.9) and, where the frontend sums
+        the errors up in its overlay (1.49.6), the error groups its "View details" opens in the side panel."""
+        texts = self.open_dialogs()
+        details = self.page.locator("[data-testid=error-overlay] button", has_text="View details")
+        if details.count():
+            details.first.click()
+            self.page.wait_for_selector("[data-testid^=error-group-]", timeout=10000)
+            texts += self.evaluate("[...document.querySelectorAll('[data-testid^=error-group-]')]"
+                                   ".map(d => d.innerText.trim().slice(0, 500))")
+        return texts
 
     def open_dialogs(self):
         """Texts of the dialogs open on the page (missing nodes / models, errors, ...)."""
         return self.evaluate(
-            "[...document.querySelectorAll('.p-dialog, [role=dialog], [role=alertdialog]')]"
+            f"[...document.querySelectorAll({DIALOGS!r})]"
             ".filter(d => d.getClientRects().length).map(d => d.innerText.trim().slice(0, 500))")
 
     def page_errors(self):
@@ -234,7 +263,7 @@ class ComfyPage:
         return self.evaluate(_NODES)
 
     def serialize(self):
-        return self.evaluate("window.app.graph.serialize()")
+        return self.evaluate("(window.app.rootGraph ?? window.app.graph).serialize()")
 
     def graph_to_prompt(self):
         """{"output": API prompt, "workflow": UI workflow}, exactly what the frontend sends when queueing."""
@@ -247,7 +276,7 @@ class ComfyPage:
 
     def fit_view(self):
         self.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); "
-                      "window.app.graph.setDirtyCanvas(true, true); }")
+                      "window.app.canvas.setDirty(true, true); }")
 
     def queue(self):
         """Click the Run button (the frontend's queue button); returns the prompt id the server gave."""

@@ -628,8 +628,9 @@ def hint_frames(frames, height=48, width=64, channels=3):
 
 
 def save_hint_frames(path, frames, height=48, width=64):
-    """hint_frames as an animated image file (the format from the extension: .webp lossless, .tiff, ...) that
-    ComfyUI's LoadImage reads as one IMAGE batch, frame by frame. Returns path."""
+    """hint_frames as an animated image file (the format from the extension) that ComfyUI's LoadImage reads as one
+    IMAGE batch, frame by frame: lossless .webp does on every ComfyUI (0.33's LoadImage reads only the first page
+    of a .tiff). Returns path."""
     from PIL import Image
     images = [Image.fromarray((f.numpy() * 255).round().astype("uint8")) for f in hint_frames(frames, height, width)]
     images[0].save(path, save_all=True, append_images=images[1:], lossless=True)

@@ -243,6 +243,8 @@ class RunResult(dict):
     def node_outputs(self, node_id):
         """Raw return values of any node of the prompt: one list per output slot (one item per call)."""
         entry = self.executor.caches.outputs.get(str(node_id))
+        if asyncio.iscoroutine(entry):  # ComfyUI 0.33's caches are async
+            entry = asyncio.run(entry)
         if entry is None:
             raise KeyError(f"node {node_id} has no cached outputs")
         return entry.outputs
@@ -262,7 +264,7 @@ class Executor:
     def __init__(self, execution, cache_type=None):
         self.server = RecordingServer()
         cache_type = cache_type if cache_type is not None else execution.CacheType.CLASSIC
-        self.executor = execution.PromptExecutor(self.server, cache_type=cache_type, cache_args={"lru": 0, "ram": 0})
+        self.executor = execution.PromptExecutor(self.server, cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # 0.33 reads ram_inactive
 
 
 class ComfyHarness:

@@ -32,7 +32,7 @@ def files(comfy):
     builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
                        os.path.join(comfy.models, "animatediff_models", MOTION_MODULE))
     for frames in (48, 1):
-        builders.save_hint_frames(os.path.join(comfy.input_dir, f"cw_hints_{frames}.tiff"), frames, HEIGHT, WIDTH)
+        builders.save_hint_frames(os.path.join(comfy.input_dir, f"cw_hints_{frames}.webp"), frames, HEIGHT, WIDTH)
 
 
 def prompt(ckpt, frames, hints=48, context_length=16, windows=True, chained=False, steps=STEPS):
@@ -42,7 +42,7 @@ def prompt(ckpt, frames, hints=48, context_length=16, windows=True, chained=Fals
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": frames}},
         "5": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROLNET}},
-        "6": {"class_type": "LoadImage", "inputs": {"image": f"cw_hints_{hints}.tiff"}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": f"cw_hints_{hints}.webp"}},
         "8": {"class_type": "ControlNetApplyAdvanced", "inputs": {
             "positive": ["2", 0], "negative": ["3", 0], "control_net": ["5", 0], "image": ["6", 0],
             "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}},
@@ -109,7 +109,7 @@ def test_one_window_over_all_frames_equals_no_windows(comfy, files, sd15_ad_chec
     def latent(p):
         return comfy.run(p).output("7")["samples"]
 
-    builders.save_hint_frames(os.path.join(comfy.input_dir, "cw_hints_16.tiff"), 16, HEIGHT, WIDTH)
+    builders.save_hint_frames(os.path.join(comfy.input_dir, "cw_hints_16.webp"), 16, HEIGHT, WIDTH)
     windowed = latent(prompt(sd15_ad_checkpoint, 16, hints=16, context_length=16, steps=1))
     plain = latent(prompt(sd15_ad_checkpoint, 16, hints=16, windows=False, steps=1))
     assert torch.equal(windowed, plain)

@@ -25,7 +25,7 @@ FRAMES, WIDTH, HEIGHT, STEPS = 8, 64, 48, 2
 CONTROLNET = "tiny_cn_sd15_ad.safetensors"
 DIFF_CONTROLNET = "tiny_diff_cn_sd15_ad.safetensors"
 T2I_ADAPTER = "tiny_t2i_c32.safetensors"
-HINT_FILE = "hint_frames_8.tiff"
+HINT_FILE = "hint_frames_8.webp"  # an animated WEBP: 0.33's LoadImage reads a multi-page TIFF as one image
 T2I_UNET_CHANNELS = (32, 64, 128, 128)  # what a c=32 adapter's [c, 2c, 4c, 4c] features fit
 
 # one UNet call with cond and uncond batched: ComfyUI repeats the hint batch for each (broadcast_image_to)
