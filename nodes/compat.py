@@ -18,6 +18,8 @@ import inspect
 
 import torch
 
+import comfy.conds
+
 try:
     import comfy.context_windows as core
 except ImportError:  # a ComfyUI older than 0.3.75
@@ -76,7 +78,6 @@ def probe_steps_from_frame_batch():
 
 
 def probe_slices_frame_conds():
-    import comfy.conds
     handler = core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
                                            core.get_matching_fuse_method("flat"), **handler_options(context_length=2))
     handler._model = None  # set by execute() in cores that ask the model how to slice

@@ -264,7 +264,8 @@ class Executor:
     def __init__(self, execution, cache_type=None):
         self.server = RecordingServer()
         cache_type = cache_type if cache_type is not None else execution.CacheType.CLASSIC
-        self.executor = execution.PromptExecutor(self.server, cache_type=cache_type, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})  # 0.33 reads ram_inactive
+        cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}  # (0.33 reads ram_inactive too)
+        self.executor = execution.PromptExecutor(self.server, cache_type=cache_type, cache_args=cache_args)
 
 
 class ComfyHarness:

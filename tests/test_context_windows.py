@@ -323,6 +323,46 @@ def test_frame_conds_are_repaired_exactly_where_core_does_not_slice_them(context
     assert pack.nodes.compat.SLICES_FRAME_CONDS == core_slices
 
 
+@pytest.mark.parametrize("schedule, frames, fault", [("standard_uniform", 17, "past the last frame"),
+                                                     ("looped_uniform", 18, "a frame twice")])
+def test_core_uniform_schedules_with_a_stride_still_need_the_repair(context_windows, schedule, frames, fault):
+    """On both versions core's uniform schedules with context_stride 3 give windows that reach past the last frame
+    or hold a frame twice; the subclass's windows (test_every_frame_is_in_a_window_on_every_step) do not."""
+    core = comfy.context_windows
+    handler = context_windows.AnimateDiffContextHandler(
+        core.get_matching_context_schedule(schedule), core.get_matching_fuse_method("pyramid"), 16, 4, 3, False, False)
+    broken = handler.context_schedule.func(frames, handler, {})  # core's windows at step 0
+    faults = {"past the last frame": any(i >= frames for w in broken for i in w),
+              "a frame twice": any(len(set(w)) < len(w) for w in broken)}
+    assert faults[fault], broken
+    for w in handler.plan(frames, 0):
+        assert len(set(w)) == len(w) and all(0 <= i < frames for i in w), w
+
+
+def test_core_gives_every_window_the_first_hint_frames_so_the_callback_gives_each_its_own(context_windows, pack):
+    """Core's handler (both versions) passes a cond's control objects on as they are, and a ControlNet takes the
+    first frames of its hint batch for any window (broadcast_image_to); the pack's EVALUATE_CONTEXT_WINDOWS
+    callback hands each window its own frames' hints."""
+    import comfy.controlnet
+    frames = 40
+    x = torch.zeros(frames, 4, HEIGHT, WIDTH)
+    hint = torch.arange(frames, dtype=torch.float32).reshape(frames, 1, 1, 1).expand(frames, 3, 8, 8)
+    control = comfy.controlnet.ControlBase()
+    control.set_cond_hint(hint)
+    conds = [[{"control": control, "model_conds": {}}]]
+    core = core_handler(**pack.nodes.compat.handler_options(context_length=16, context_overlap=4))
+    core._model = None
+    window = core.get_context_windows(None, x, {})[1]
+    assert window.index_list == list(range(12, 28))
+    (resized,) = core.get_resized_cond(conds[0], x, window)
+    assert resized["control"] is control and control.cond_hint_original is hint
+    fed = comfy.controlnet.broadcast_image_to(hint, 2 * 16, 2)  # a window's cond + uncond batch
+    assert fed[:16, 0, 0, 0].tolist() == list(range(16))  # frames 0-15, not the window's 12-27
+    ours = context_windows.AnimateDiffContextHandler(core.context_schedule, core.fuse_method, 16, 4, 1, False, False)
+    ours.enter_window(ours, None, x, conds, None, {"transformer_options": {}}, 1, window)
+    assert control.cond_hint_original[:, 0, 0, 0].tolist() == list(range(12, 28)) and ours.hints[control] is hint
+
+
 def test_without_comfyui_context_windows_the_pack_loads_and_the_node_says_what_to_update(comfy):
     """On a ComfyUI without comfy.context_windows: the pack loads, its other nodes work, the node names the fix."""
     import subprocess
