@@ -4,7 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import patching, training
+from . import patching, prompt_travel, training
 
 MODELS, MOTION_LORAS = "animatediff_models", "animatediff_motion_lora"
 for folder in (MODELS, MOTION_LORAS):
@@ -200,6 +200,40 @@ class AnimateDiffContextWindows(io.ComfyNode):
             freenoise))
 
 
+class AnimateDiffPromptTravel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffPromptTravel",
+            display_name="AnimateDiff Prompt Travel",
+            category="animatediff",
+            description="Changes the prompt over the frames: one prompt per keyframe, each encoded once as CLIP "
+                        "Text Encode does, and every frame gets its own conditioning (blended between the "
+                        "keyframes on either side, or held). Connect it to the sampler's positive input; the "
+                        "latent batch size must be the frame count. Works with AnimateDiff Context Windows.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP model that encodes the prompts (from the checkpoint)."),
+                io.String.Input("text", multiline=True, default='"0": "a forest in spring",\n'
+                                                                '"16": "a forest in winter",',
+                                tooltip='One keyframe per line: "frame": "prompt", (frames count from 0; '
+                                        "(word:1.2) weights work as in CLIP Text Encode). Frames before the "
+                                        "first keyframe take its prompt, frames after the last keyframe take "
+                                        "the last one's."),
+                io.Int.Input("frames", default=16, min=1, max=4096,
+                             tooltip="Number of frames: the latent batch size (Empty Latent Image's batch_size)."),
+                io.Combo.Input("interpolation", options=prompt_travel.INTERPOLATIONS, default="linear",
+                               tooltip="linear: frames between two keyframes blend their prompts; hold: each "
+                                       "frame takes the prompt of the last keyframe at or before it."),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="A conditioning with one row per frame, for the sampler's "
+                                                    "positive (or negative) input.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, frames, interpolation):
+        return io.NodeOutput(prompt_travel.encode(clip, text, frames, interpolation))
+
+
 class AnimateDiffTrainMotionLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -291,7 +325,8 @@ class AnimateDiffTrainMotionLoRA(io.ComfyNode):
 class AnimateDiffExtension(ComfyExtension):
     async def get_node_list(self):
         return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows,
-                AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter, AnimateDiffTrainMotionLoRA]
+                AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter, AnimateDiffTrainMotionLoRA,
+                AnimateDiffPromptTravel]
 
 
 async def comfy_entrypoint():

@@ -241,8 +241,8 @@ def run_motion_module(layer, x, emb, context, transformer_options, *args):
 
 
 def sample_animation(executor, noise, *args, **kwargs):
-    """OUTER_SAMPLE: check the frames against the positions, say what AnimateDiff does in this sampling, and warn
-    when the motion module's layers never ran."""
+    """OUTER_SAMPLE: check the frames against the positions and per-frame conditioning, say what AnimateDiff does
+    in this sampling, and warn when the motion module's layers never ran."""
     model_options = executor.class_obj.model_options
     settings, frames = model_options["transformer_options"][KEY], noise.shape[0]
     handler, positions = model_options.get("context_handler"), settings["positions"]
@@ -259,6 +259,13 @@ def sample_animation(executor, noise, *args, **kwargs):
             f"context_length {handler.context_length} is more than the {positions} frame positions of the motion "
             f"module '{settings['name']}'. Set AnimateDiff Context Windows' context_length to at most {positions} "
             "(16 is what the modules were trained on).")
+    for name, conds in executor.class_obj.conds.items():
+        rows = max((c["cross_attn"].shape[0] for c in conds if c.get("cross_attn") is not None), default=1)
+        if 1 < rows != frames:
+            raise MotionModuleError(
+                f"The {name} conditioning has {rows} rows, one per frame (AnimateDiff Prompt Travel's frames), but "
+                f"the latent batch has {frames} frames. Set Prompt Travel's frames to {frames}, or Empty Latent "
+                f"Image's batch_size to {rows}.")
     if frames < 2:
         logging.warning("AnimateDiff needs a batch of frames: the latent batch has %d. Set the Empty Latent Image's "
                         "batch_size to the number of frames (16 is typical).", frames)

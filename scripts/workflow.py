@@ -31,6 +31,7 @@ __all__ = [
 MODE_NEVER = 2  # "muted"
 MODE_BYPASS = 4
 TRAINER = "AnimateDiffTrainMotionLoRA"  # the MotionLoRA trainer node
+PROMPT_TRAVEL = "AnimateDiffPromptTravel"  # per-frame prompts: its frames follow the latent batch size
 
 # Widget constructors the frontend has built in (ComfyWidgets); other input types are sockets.
 WIDGET_TYPES = {
@@ -326,8 +327,9 @@ def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=
                     filename_prefix=None, train_steps=None, clip_length=None):
     """The usual knobs of a txt2vid workflow, found by node type and by following the sampler's links:
     seed/steps/cfg on every KSampler, frames (= batch size)/width/height on the latent its
-    latent_image comes from (EmptyLatentImage), positive/negative on the CLIPTextEncode nodes linked
-    to its positive/negative inputs, file names on CheckpointLoaderSimple/AnimateDiffLoadMotionModule,
+    latent_image comes from (EmptyLatentImage) and on every prompt-travel node (AnimateDiffPromptTravel),
+    positive/negative on the CLIPTextEncode or prompt-travel nodes linked to its positive/negative inputs (a
+    prompt-travel node takes a schedule, '"0": "...", "16": "..."'), file names on CheckpointLoaderSimple/AnimateDiffLoadMotionModule,
     filename_prefix on the save nodes; on every MotionLoRA trainer (AnimateDiffTrainMotionLoRA) its
     steps (train_steps), clip_length and width/height (it trains at the size it animates; a prompt
     without a trainer ignores train_steps and clip_length). Returns a deep copy; None leaves a value
@@ -356,13 +358,15 @@ def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=
             if text is None:
                 continue
             encoder = upstream_node(prompt, sampler, name)
-            if encoder is None or prompt[encoder]["class_type"] != "CLIPTextEncode":
-                raise KeyError(f"KSampler {sampler}'s {name} input does not come from a CLIPTextEncode")
+            if encoder is None or prompt[encoder]["class_type"] not in ("CLIPTextEncode", PROMPT_TRAVEL):
+                raise KeyError(f"KSampler {sampler}'s {name} input does not come from a CLIPTextEncode or {PROMPT_TRAVEL}")
             put(encoder, "text", text)
     for node_id in find_nodes(prompt, "CheckpointLoaderSimple"):
         put(node_id, "ckpt_name", checkpoint)
     for node_id in find_nodes(prompt, "AnimateDiffLoadMotionModule"):
         put(node_id, "motion_module", motion_module)
+    for node_id in find_nodes(prompt, PROMPT_TRAVEL):
+        put(node_id, "frames", frames)
     for node_id in find_nodes(prompt, TRAINER):
         put(node_id, "steps", train_steps)
         put(node_id, "clip_length", clip_length)

@@ -42,6 +42,7 @@ RUNS = {
     "long_video_controlnet.json": {"frames": 48, "steps": 1},
     "motion_lora.json": {"frames": 8, "steps": 2},
     "v3_adapter.json": {"frames": 8, "steps": 2},
+    "prompt_travel.json": {"frames": 24, "steps": 1, "widgets": {"AnimateDiffPromptTravel": {"frames": 24}}},
     "train_motion_lora.json": {"frames": 4, "steps": 1, "widgets": {"AnimateDiffTrainMotionLoRA": {
         "steps": 2, "clip_length": 4, "width": 64, "height": 64, "rank": 4}}},
 }

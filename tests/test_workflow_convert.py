@@ -13,7 +13,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
 WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json", "motion_lora.json", "v3_adapter.json",
-             "train_motion_lora.json")
+             "train_motion_lora.json", "prompt_travel.json")
 
 
 def _load_script(name):

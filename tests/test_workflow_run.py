@@ -158,10 +158,26 @@ def test_train_motion_lora_workflow_in_process(comfy, sd15_ad_checkpoint, motion
     assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (4, (64, 64))
 
 
+def test_prompt_travel_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module):
+    """48 frames in context windows with a prompt per keyframe; the headless runner's frames follow to the node."""
+    with open(os.path.join(REPO_DIR, "workflows", "prompt_travel.json")) as f:
+        ui = json.load(f)
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, info), width=64, height=64, steps=1,
+                                      checkpoint=sd15_ad_checkpoint, motion_module=motion_module)
+    (travel,) = workflow.find_nodes(prompt, "AnimateDiffPromptTravel")
+    assert prompt[travel]["inputs"]["frames"] == 48 and prompt[travel]["inputs"]["text"].count('": "') == 4
+    assert workflow.apply_overrides(prompt, frames=20)[travel]["inputs"]["frames"] == 20
+    outputs = comfy.run(prompt)
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (48, (64, 64))
+
+
 def test_workflows_are_templates_with_thumbnails(comfy_server):
     """ComfyUI's template browser lists every workflow under the pack and serves it with its .jpg thumbnail."""
     names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(REPO_DIR, "workflows")) if f.endswith(".json"))
-    assert names == ["long_video_controlnet", "motion_lora", "train_motion_lora", "txt2vid", "v3_adapter"]
+    assert names == ["long_video_controlnet", "motion_lora", "prompt_travel", "train_motion_lora", "txt2vid",
+                     "v3_adapter"]
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-animatediff"]) == names
     for name in names:
