@@ -4,7 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import patching, prompt_travel, training
+from . import free_init, patching, prompt_travel, training
 
 MODELS, MOTION_LORAS = "animatediff_models", "animatediff_motion_lora"
 for folder in (MODELS, MOTION_LORAS):
@@ -234,6 +234,48 @@ class AnimateDiffPromptTravel(io.ComfyNode):
         return io.NodeOutput(prompt_travel.encode(clip, text, frames, interpolation))
 
 
+class AnimateDiffFreeInit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffFreeInit",
+            display_name="AnimateDiff FreeInit",
+            category="animatediff",
+            description="FreeInit (arXiv 2312.07537): samples the animation several times; after each pass the "
+                        "result is diffused back to the first step with the same initial noise, its low "
+                        "frequencies over frames, height and width are kept and its high frequencies come from "
+                        "fresh noise. Steadier layout and less flicker, for N times the sampling time. The input "
+                        "model is left unchanged.",
+            inputs=[
+                io.Model.Input("model", tooltip="The animated model (after Apply AnimateDiff Motion Module, with or "
+                                                "without AnimateDiff Context Windows)."),
+                io.Int.Input("iterations", default=3, min=1, max=10,
+                             tooltip="Samplings in all (each costs a full sampling); 1 turns FreeInit off."),
+                io.Combo.Input("filter", options=free_init.FILTERS, default="butterworth",
+                               tooltip="Low-pass filter that keeps the low frequencies: butterworth (order 4, as "
+                                       "the paper recommends), gaussian, ideal (a sharp sphere) or box."),
+                io.Float.Input("spatial_stop_frequency", default=0.25, min=0.01, max=1.0, step=0.01,
+                               tooltip="Where the filter stops over height and width (1 is the highest frequency); "
+                                       "higher keeps more of the previous pass."),
+                io.Float.Input("temporal_stop_frequency", default=0.25, min=0.01, max=1.0, step=0.01,
+                               tooltip="Where the filter stops over the frames (1 is the highest frequency)."),
+            ],
+            outputs=[io.Model.Output(tooltip="A clone of the model that samples with FreeInit.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, iterations, filter, spatial_stop_frequency, temporal_stop_frequency):
+        from server import PromptServer
+        node = cls.hidden.unique_id
+
+        def report(iteration):  # shown on the node while the sampler's progress bar runs each pass
+            PromptServer.instance.send_progress_text(f"FreeInit iteration {iteration}/{iterations}", node)
+
+        return io.NodeOutput(patching.apply_free_init(model, iterations, filter, spatial_stop_frequency,
+                                                      temporal_stop_frequency, report))
+
+
 class AnimateDiffTrainMotionLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -326,7 +368,7 @@ class AnimateDiffExtension(ComfyExtension):
     async def get_node_list(self):
         return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows,
                 AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter, AnimateDiffTrainMotionLoRA,
-                AnimateDiffPromptTravel]
+                AnimateDiffPromptTravel, AnimateDiffFreeInit]
 
 
 async def comfy_entrypoint():

@@ -47,7 +47,7 @@ from comfy.supported_models import SD15, SDXL
 from ..motion_modules import formats
 from ..motion_modules.model import LoRA, MotionModel, VanillaTemporalModule
 
-from . import compat
+from . import compat, free_init as freeinit
 
 if compat.core is not None:
     from . import context_windows
@@ -352,6 +352,36 @@ def start_context_windows(executor, noise, latent_image, sampler, sigmas, denois
     return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed, **kwargs)
 
 
+def apply_free_init(model, iterations, filter_kind, spatial, temporal, report):
+    """A clone of `model` that samples in `iterations` FreeInit iterations (a SAMPLER_SAMPLE wrapper, inside the
+    initial noise's FreeNoise); `report(i)` is told each iteration's number. 1 iteration leaves sampling as it is."""
+    m = model.clone()
+    if iterations > 1:
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, KEY + "_free_init", functools.partial(
+            sample_free_init, dict(iterations=iterations, kind=filter_kind, spatial=spatial, temporal=temporal,
+                                   report=report)))
+    return m
+
+
+def sample_free_init(settings, executor, guider, sigmas, extra_args, callback, noise, latent_image, denoise_mask,
+                     disable_pbar):
+    """SAMPLER_SAMPLE: sample, then (FreeInit) restart from the result's low frequencies diffused back with the
+    initial noise plus fresh noise's high frequencies (seeded by the sampling seed and the iteration), N times."""
+    h = freeinit.low_pass_filter(noise.shape[0], noise.shape[2], noise.shape[3], settings["kind"], settings["spatial"],
+                                 settings["temporal"])
+    def run(i, start_noise, start_latent):
+        logging.info("AnimateDiff FreeInit: iteration %d of %d", i, settings["iterations"])
+        settings["report"](i)
+        return executor(guider, sigmas, extra_args, callback, start_noise, start_latent, denoise_mask, disable_pbar)
+
+    out = run(1, noise, latent_image)
+    for i in range(2, settings["iterations"] + 1):
+        fresh = torch.randn(noise.shape, generator=torch.Generator().manual_seed((extra_args.get("seed") or 0) + i - 1))
+        start_latent, start_noise = freeinit.reinitialise(out, noise, fresh.to(noise), h)
+        out = run(i, start_noise, start_latent)
+    return out
+
+
 def lora_patches(sd, key_map, weights, name, kind, target):
     """ComfyUI LoRA patches of the processor-LoRA state dict `sd` ({name}_lora.up/down.weight) on the weights
     `key_map` names, shapes checked; also the entry names that have no target."""
@@ -373,7 +403,8 @@ def lora_patches(sd, key_map, weights, name, kind, target):
 
 
 def load_motion_lora(motion_module, path, name, strength):
-    """A clone of the motion-module patcher with the MotionLoRA at `path` as weight patches: W + strength * up @ down."""
+    """A clone of the motion-module patcher with the MotionLoRA at `path` as weight patches: W + strength * up @
+    down."""
     module = motion_module.model
     weights = module.state_dict()
     patches, unmatched = lora_patches(read_file(path, name), formats.motion_lora_key_map(weights), weights, name,

@@ -116,8 +116,9 @@ def test_a_frame_count_that_is_not_the_latent_batch_is_refused(comfy, patching, 
     positive = comfy.run(node_prompt(sd15_checkpoint, '"0": "spring",\n"8": "winter"', 16), outputs=["2"],
                          validate=False).output("2")
     latent = torch.zeros(12, 4, HEIGHT, WIDTH)
-    with pytest.raises(patching.MotionModuleError, match="The positive conditioning has 16 rows, one per frame .* "
-                                                         "latent batch has 12 frames. Set Prompt Travel's frames to 12"):
+    message = "The positive conditioning has 16 rows, one per frame .* latent batch has 12 frames. Set Prompt " \
+              "Travel's frames to 12"
+    with pytest.raises(patching.MotionModuleError, match=message):
         comfy_sample.sample(animated(patching, motion_module), comfy_sample.prepare_noise(latent, 0), 1, 3.0, "euler",
                             "normal", positive, [[torch.zeros(1, 77, 768), {}]], latent, disable_pbar=True, seed=0)
 
