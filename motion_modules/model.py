@@ -115,7 +115,8 @@ class TemporalTransformer3DModel(nn.Module):
 
 
 class VanillaTemporalModule(nn.Module):
-    """One motion module; `forward(x [(b f), c, h, w], frames)` returns the same shape."""
+    """One motion module; `forward(x [(b f), c, h, w], frames)` returns the same shape. `motion_scale` is a float
+    or one per frame and position, [(b h w), f, 1] (as the keys are laid out); `effect` a float or [(b f), 1, h, w]."""
 
     def __init__(self, channels, pe_rows, transformer_blocks=1, attention_blocks=2, heads=8,
                  norm_across_frames=False, dtype=None, device=None, operations=nn):

@@ -84,13 +84,23 @@ class AnimateDiffApplyMotionModule(io.ComfyNode):
                 io.Float.Input("effect", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Blends each motion module's output with its input: 1 full motion, 0 "
                                        "disables the motion module."),
+                io.MultiType.Input("motion_scale_schedule", types=[io.Float, io.Mask], optional=True,
+                                   tooltip="Optional, instead of motion_scale: one value per frame (a list of "
+                                           "floats) or a MASK batch (one mask per frame, or one for all) for a "
+                                           "strength per frame and pixel."),
+                io.MultiType.Input("effect_schedule", types=[io.Float, io.Mask], optional=True,
+                                   tooltip="Optional, instead of effect: one value per frame (a list of floats) or a "
+                                           "MASK batch (one mask per frame, or one for all): where it is 0 the frames "
+                                           "are sampled as independent images."),
             ],
             outputs=[io.Model.Output(tooltip="A clone of the model that animates its latent batch.")],
         )
 
     @classmethod
-    def execute(cls, model, motion_module, beta_schedule, motion_scale, effect):
-        return io.NodeOutput(patching.apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect))
+    def execute(cls, model, motion_module, beta_schedule, motion_scale, effect, motion_scale_schedule=None,
+                effect_schedule=None):
+        return io.NodeOutput(patching.apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect,
+                                                          motion_scale_schedule, effect_schedule))
 
 
 class AnimateDiffLoadMotionLoRA(io.ComfyNode):

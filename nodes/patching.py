@@ -140,8 +140,11 @@ def model_family(model):
     return "SD1.5" if isinstance(config, SD15) else "SDXL" if isinstance(config, SDXL) else type(config).__name__
 
 
-def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect):
-    """A clone of `model` that runs `motion_module` (a patcher from `load_motion_module`) while sampling."""
+def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effect, motion_scale_schedule=None,
+                        effect_schedule=None):
+    """A clone of `model` that runs `motion_module` (a patcher from `load_motion_module`) while sampling. A schedule
+    (floats, one per frame, or a MASK batch [frames or 1, H, W], per frame and pixel) takes the place of its
+    scalar."""
     info = motion_module.model.info
     family = model_family(model)
     if family != info.family:
@@ -159,7 +162,8 @@ def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effec
         m.set_model_forward_timestep_embed_patch((VanillaTemporalModule, run_motion_module))
     m.model_options["transformer_options"][KEY] = {
         "name": motion_module.model.name, "format": info.format, "positions": info.pe_rows,
-        "motion_scale": motion_scale, "effect": effect, "loras": motion_module.model_options.get(LORAS, ()),
+        "motion_scale": strength(motion_scale, motion_scale_schedule), "effect": strength(effect, effect_schedule),
+        "loras": motion_module.model_options.get(LORAS, ()),
         "ran": types.SimpleNamespace(calls=0)}  # motion-module calls; each sampling counts its own
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, sample_animation)
     if clip_norms:
@@ -168,6 +172,20 @@ def apply_motion_module(model, motion_module, beta_schedule, motion_scale, effec
     if sampling is not None:
         m.add_object_patch("model_sampling", sampling)
     return m
+
+
+def strength(scalar, schedule):
+    """The scalar as a float, or the schedule as a tensor: [frames, 1, 1] from floats, a MASK [frames or 1, H, W]."""
+    if schedule is None:
+        return float(scalar)
+    values = torch.as_tensor(schedule, dtype=torch.float32).cpu()
+    return values.reshape(-1, 1, 1) if values.ndim <= 1 else values.reshape(-1, *values.shape[-2:])
+
+
+def describe(value):
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f"{'per frame' if value.shape[1:] == (1, 1) else 'per pixel'} ({value.shape[0]} frames)"
 
 
 def unet_levels(unet):
@@ -233,11 +251,27 @@ def norm_sequences(unet):
 def run_motion_module(layer, x, emb, context, transformer_options, *args):
     settings = transformer_options[KEY]
     settings["ran"].calls += 1
-    if settings["effect"] == 0:
+    if isinstance(settings["effect"], float) and settings["effect"] == 0:
         return x
-    frames = x.shape[0] // len(transformer_options.get("cond_or_uncond", [0]))
+    batches = len(transformer_options.get("cond_or_uncond", [0]))
+    frames = x.shape[0] // batches
+    window = transformer_options.get("ad_params", {}).get("sub_idxs", list(range(frames)))
+    motion_scale, effect = (
+        value if isinstance(value, float) else per_frame(value, window, batches, x)
+        for value in (settings["motion_scale"], settings["effect"]))
+    if not isinstance(motion_scale, float):  # [(b f), 1, h, w] -> the keys' layout
+        motion_scale = rearrange(motion_scale, "(b f) 1 h w -> (b h w) f 1", f=frames)
     attention = functools.partial(optimized_attention, transformer_options=transformer_options)
-    return layer(x, frames, attention, settings["motion_scale"], settings["effect"])
+    return layer(x, frames, attention, motion_scale, effect)
+
+
+def per_frame(schedule, window, batches, x):
+    """A strength per frame ([frames]) or per frame and pixel (a MASK, [frames or 1, H, W]) for the frames of this
+    call (`window`), at x's resolution: [(b f), 1, h, w]."""
+    values = schedule[window] if schedule.shape[0] > 1 else schedule.expand(len(window), *schedule.shape[1:])
+    values = F.interpolate(values.reshape(len(window), 1, *values.shape[1:]).to(x), size=x.shape[2:],
+                           mode="area")  # a mask at pixel size: each latent cell its average
+    return values.repeat(batches, 1, 1, 1)
 
 
 def sample_animation(executor, noise, *args, **kwargs):
@@ -271,10 +305,16 @@ def sample_animation(executor, noise, *args, **kwargs):
                         "batch_size to the number of frames (16 is typical).", frames)
     windows = len(handler.plan(frames)) if ours and frames > handler.context_length else 0
     adapter = model_options.get(ADAPTER)
-    logging.info("AnimateDiff: %s motion module %s on %d frames%s; motion_scale %g, effect %g; MotionLoRAs: %s; "
+    for name in ("motion_scale", "effect"):
+        if not isinstance(settings[name], float) and 1 < settings[name].shape[0] != frames:
+            raise MotionModuleError(
+                f"The {name} schedule of Apply AnimateDiff Motion Module has {settings[name].shape[0]} values, one "
+                f"per frame, but the latent batch has {frames} frames. Give one value (or mask) per frame, or a "
+                "single mask for every frame.")
+    logging.info("AnimateDiff: %s motion module %s on %d frames%s; motion_scale %s, effect %s; MotionLoRAs: %s; "
                  "domain adapter: %s", settings["format"], settings["name"], frames,
                  f" in {windows} context windows of {handler.context_length}" if windows else "",
-                 settings["motion_scale"], settings["effect"],
+                 describe(settings["motion_scale"]), describe(settings["effect"]),
                  ", ".join(f"{n} ({s:g})" for n, s in settings["loras"]) or "none",
                  f"{adapter[0]} ({adapter[1]:g})" if adapter else "none")
     settings["ran"] = types.SimpleNamespace(calls=0)  # not a dict, so the per-step copies of the options share it
