@@ -183,6 +183,7 @@ def strength(scalar, schedule):
 
 
 def describe(value):
+    """A strength as the log line says it."""
     if isinstance(value, float):
         return f"{value:g}"
     return f"{'per frame' if value.shape[1:] == (1, 1) else 'per pixel'} ({value.shape[0]} frames)"
@@ -409,6 +410,7 @@ def sample_free_init(settings, executor, guider, sigmas, extra_args, callback, n
     initial noise plus fresh noise's high frequencies (seeded by the sampling seed and the iteration), N times."""
     h = freeinit.low_pass_filter(noise.shape[0], noise.shape[2], noise.shape[3], settings["kind"], settings["spatial"],
                                  settings["temporal"])
+
     def run(i, start_noise, start_latent):
         logging.info("AnimateDiff FreeInit: iteration %d of %d", i, settings["iterations"])
         settings["report"](i)
