@@ -97,11 +97,11 @@ def test_free_init_in_context_windows(patching, motion_module):  # noqa: F811
     assert out.shape == (frames, 4, HEIGHT, WIDTH) and torch.isfinite(out).all()
 
 
-def test_the_node_reports_its_iterations(comfy, sd15_ad_checkpoint):
+def free_init_prompt(comfy, ckpt):
     builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
                        f"{comfy.models}/animatediff_models/fi_v2.safetensors")
-    p = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_ad_checkpoint}},
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a boat on a lake"}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 4}},
         "5": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": "fi_v2.safetensors"}},
@@ -116,9 +116,21 @@ def test_the_node_reports_its_iterations(comfy, sd15_ad_checkpoint):
             "steps": 1, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "free_init"}},
     }
+
+
+def test_the_node_reports_its_iterations(comfy, sd15_ad_checkpoint):
     import server
     server.PromptServer.instance.messages.clear()
-    comfy.run(p)
+    comfy.run(free_init_prompt(comfy, sd15_ad_checkpoint))
     texts = [d["text"] for e, d, _ in server.PromptServer.instance.messages
              if e == "progress_text" and d["node_id"] == "8"]
     assert texts == ["FreeInit iteration 1/2", "FreeInit iteration 2/2"]
+
+
+@pytest.mark.slow
+def test_over_http_as_in_process(comfy, comfy_server, sd15_ad_checkpoint):
+    import safetensors.torch
+    prompt = free_init_prompt(comfy, sd15_ad_checkpoint)
+    (saved,) = comfy_server.run(prompt, timeout=300)["9"]["latents"]
+    latent = safetensors.torch.load_file(f"{comfy.output_dir}/{saved['subfolder']}/{saved['filename']}")
+    assert torch.equal(latent["latent_tensor"], comfy.run(prompt).output("7")["samples"])

@@ -8,6 +8,7 @@ import torch
 
 import comfy.sample as comfy_sample
 
+import builders
 import comfy_models
 from test_context_windows import CHANNELS, HEIGHT, WIDTH, motion_module  # noqa: F401 (fixture)
 
@@ -92,12 +93,11 @@ def test_a_schedule_for_another_frame_count_is_refused(patching, motion_module):
         sample(animated(patching, motion_module, effect_schedule=[1.0] * 10), 8)
 
 
-def test_the_node_takes_a_mask_and_says_so(comfy, sd15_ad_checkpoint, caplog):
-    import builders
+def strength_prompt(comfy, ckpt):
     builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
                        f"{comfy.models}/animatediff_models/ms_v2.safetensors")
-    p = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_ad_checkpoint}},
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a boat on a lake"}},
         "3": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 64, "height": 48}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 4}},
@@ -110,6 +110,18 @@ def test_the_node_takes_a_mask_and_says_so(comfy, sd15_ad_checkpoint, caplog):
             "steps": 1, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "strength"}},
     }
+
+
+def test_the_node_takes_a_mask_and_says_so(comfy, sd15_ad_checkpoint, caplog):
     with caplog.at_level(logging.INFO):
-        comfy.run(p)
+        comfy.run(strength_prompt(comfy, sd15_ad_checkpoint))
     assert "motion_scale 1, effect per pixel (1 frames)" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_mask_schedule_over_http_as_in_process(comfy, comfy_server, sd15_ad_checkpoint):
+    import safetensors.torch
+    prompt = strength_prompt(comfy, sd15_ad_checkpoint)
+    (saved,) = comfy_server.run(prompt, timeout=300)["9"]["latents"]
+    latent = safetensors.torch.load_file(f"{comfy.output_dir}/{saved['subfolder']}/{saved['filename']}")
+    assert torch.equal(latent["latent_tensor"], comfy.run(prompt).output("7")["samples"])
