@@ -65,9 +65,14 @@ def freenoise(noise, dim, context_length, context_overlap, seed):
     return noise
 
 
+def core_handler(**options):
+    """Core's own handler on the frames (standard_static, flat), as the probes and tests look at it."""
+    return core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
+                                        core.get_matching_fuse_method("flat"), **handler_options(**options))
+
+
 def probe_steps_from_frame_batch():
-    handler = core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
-                                           core.get_matching_fuse_method("flat"), **handler_options())
+    handler = core_handler()
     options = {"transformer_options": {"sample_sigmas": torch.tensor([2.0, 1.0, 0.0])}}
     try:
         handler.set_step(torch.tensor([1.0, 1.0, 1.0]), options)  # three frames at step 1
@@ -78,8 +83,7 @@ def probe_steps_from_frame_batch():
 
 
 def probe_slices_frame_conds():
-    handler = core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
-                                           core.get_matching_fuse_method("flat"), **handler_options(context_length=2))
+    handler = core_handler(context_length=2)
     handler._model = None  # set by execute() in cores that ask the model how to slice
     cond = [{"model_conds": {"c_concat": comfy.conds.CONDNoiseShape(torch.arange(4.0).reshape(4, 1))}}]
     try:

@@ -256,19 +256,20 @@ def run_motion_module(layer, x, emb, context, transformer_options, *args):
         return x
     batches = len(transformer_options.get("cond_or_uncond", [0]))
     frames = x.shape[0] // batches
-    window = transformer_options.get("ad_params", {}).get("sub_idxs", list(range(frames)))
-    motion_scale, effect = (
-        value if isinstance(value, float) else per_frame(value, window, batches, x)
-        for value in (settings["motion_scale"], settings["effect"]))
+    motion_scale, effect = settings["motion_scale"], settings["effect"]
+    if not isinstance(effect, float):
+        effect = per_frame(effect, transformer_options, frames, batches, x)
     if not isinstance(motion_scale, float):  # [(b f), 1, h, w] -> the keys' layout
-        motion_scale = rearrange(motion_scale, "(b f) 1 h w -> (b h w) f 1", f=frames)
+        motion_scale = rearrange(per_frame(motion_scale, transformer_options, frames, batches, x),
+                                 "(b f) 1 h w -> (b h w) f 1", f=frames)
     attention = functools.partial(optimized_attention, transformer_options=transformer_options)
     return layer(x, frames, attention, motion_scale, effect)
 
 
-def per_frame(schedule, window, batches, x):
+def per_frame(schedule, transformer_options, frames, batches, x):
     """A strength per frame ([frames]) or per frame and pixel (a MASK, [frames or 1, H, W]) for the frames of this
-    call (`window`), at x's resolution: [(b f), 1, h, w]."""
+    call (its context window's, else all), at x's resolution: [(b f), 1, h, w]."""
+    window = transformer_options.get("ad_params", {}).get("sub_idxs", list(range(frames)))
     values = schedule[window] if schedule.shape[0] > 1 else schedule.expand(len(window), *schedule.shape[1:])
     values = F.interpolate(values.reshape(len(window), 1, *values.shape[1:]).to(x), size=x.shape[2:],
                            mode="area")  # a mask at pixel size: each latent cell its average

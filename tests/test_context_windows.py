@@ -266,17 +266,11 @@ def test_per_frame_model_conds_and_masks_are_sliced(context_windows):
 SIGMAS = {"transformer_options": {"sample_sigmas": torch.tensor([3.0, 2.0, 1.0, 0.0])}}
 
 
-def core_handler(**options):
-    core = comfy.context_windows  # core's own handler, as core's node builds it
-    return core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
-                                        core.get_matching_fuse_method("pyramid"), **options)
-
-
 def test_set_step_is_repaired_exactly_where_core_misses_the_step(context_windows, pack):
     """Core 0.3.75 matches every frame's timestep against the sigmas at once (it raises for a frame batch) and
     raises on a sampler's substep; 0.33 takes the first frame's and keeps the step. The subclass overrides
     set_step only where core's fails, and the step is right on both."""
-    handler = core_handler(**pack.nodes.compat.handler_options(context_length=16))
+    handler = pack.nodes.compat.core_handler(context_length=16)
     try:
         handler.set_step(torch.full((40,), 2.0), SIGMAS)
         handler.set_step(torch.full((40,), 1.5), SIGMAS)
@@ -311,7 +305,7 @@ def test_frame_conds_are_repaired_exactly_where_core_does_not_slice_them(context
     subclass overrides get_resized_cond only where core does not (the slicing itself:
     test_per_frame_model_conds_and_masks_are_sliced)."""
     import comfy.conds
-    handler = core_handler(**pack.nodes.compat.handler_options(context_length=16, context_overlap=4))
+    handler = pack.nodes.compat.core_handler(context_length=16, context_overlap=4)
     handler._model = None
     x, concat = torch.zeros(40, 4, HEIGHT, WIDTH), torch.randn(40, 5, HEIGHT, WIDTH)
     window = handler.get_context_windows(None, x, {})[1]
@@ -350,7 +344,7 @@ def test_core_gives_every_window_the_first_hint_frames_so_the_callback_gives_eac
     control = comfy.controlnet.ControlBase()
     control.set_cond_hint(hint)
     conds = [[{"control": control, "model_conds": {}}]]
-    core = core_handler(**pack.nodes.compat.handler_options(context_length=16, context_overlap=4))
+    core = pack.nodes.compat.core_handler(context_length=16, context_overlap=4)
     core._model = None
     window = core.get_context_windows(None, x, {})[1]
     assert window.index_list == list(range(12, 28))

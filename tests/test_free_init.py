@@ -97,25 +97,40 @@ def test_free_init_in_context_windows(patching, motion_module):  # noqa: F811
     assert out.shape == (frames, 4, HEIGHT, WIDTH) and torch.isfinite(out).all()
 
 
-def free_init_prompt(comfy, ckpt):
+def animation_prompt(comfy, ckpt, name):
+    """checkpoint -> Apply AnimateDiff Motion Module (a v2 file `name` written here) -> KSampler (4 frames, 1 step)
+    -> SaveLatent, for tests to insert their node into."""
     builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
-                       f"{comfy.models}/animatediff_models/fi_v2.safetensors")
+                       f"{comfy.models}/animatediff_models/{name}")
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a boat on a lake"}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 4}},
-        "5": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": "fi_v2.safetensors"}},
+        "5": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": name}},
         "6": {"class_type": "AnimateDiffApplyMotionModule", "inputs": {
             "model": ["1", 0], "motion_module": ["5", 0], "beta_schedule": "autoselect", "motion_scale": 1.0,
             "effect": 1.0}},
-        "8": {"class_type": "AnimateDiffFreeInit", "inputs": {
-            "model": ["6", 0], "iterations": 2, "filter": "gaussian", "spatial_stop_frequency": 0.25,
-            "temporal_stop_frequency": 0.25}},
         "7": {"class_type": "KSampler", "inputs": {
-            "model": ["8", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0], "seed": 1,
+            "model": ["6", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0], "seed": 1,
             "steps": 1, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "free_init"}},
+        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": name.split(".")[0]}},
     }
+
+
+def over_http(comfy, comfy_server, prompt):
+    """The latent the real server's SaveLatent (node 9) wrote for `prompt`."""
+    import safetensors.torch
+    (saved,) = comfy_server.run(prompt, timeout=300)["9"]["latents"]
+    return safetensors.torch.load_file(f"{comfy.output_dir}/{saved['subfolder']}/{saved['filename']}")["latent_tensor"]
+
+
+def free_init_prompt(comfy, ckpt):
+    p = animation_prompt(comfy, ckpt, "fi_v2.safetensors")
+    p["8"] = {"class_type": "AnimateDiffFreeInit", "inputs": {
+        "model": ["6", 0], "iterations": 2, "filter": "gaussian", "spatial_stop_frequency": 0.25,
+        "temporal_stop_frequency": 0.25}}
+    p["7"]["inputs"]["model"] = ["8", 0]
+    return p
 
 
 def test_the_node_reports_its_iterations(comfy, sd15_ad_checkpoint):
@@ -129,8 +144,5 @@ def test_the_node_reports_its_iterations(comfy, sd15_ad_checkpoint):
 
 @pytest.mark.slow
 def test_over_http_as_in_process(comfy, comfy_server, sd15_ad_checkpoint):
-    import safetensors.torch
     prompt = free_init_prompt(comfy, sd15_ad_checkpoint)
-    (saved,) = comfy_server.run(prompt, timeout=300)["9"]["latents"]
-    latent = safetensors.torch.load_file(f"{comfy.output_dir}/{saved['subfolder']}/{saved['filename']}")
-    assert torch.equal(latent["latent_tensor"], comfy.run(prompt).output("7")["samples"])
+    assert torch.equal(over_http(comfy, comfy_server, prompt), comfy.run(prompt).output("7")["samples"])

@@ -8,9 +8,9 @@ import torch
 
 import comfy.sample as comfy_sample
 
-import builders
 import comfy_models
 from test_context_windows import CHANNELS, HEIGHT, WIDTH, motion_module  # noqa: F401 (fixture)
+from test_free_init import animation_prompt, over_http
 
 pytestmark = pytest.mark.usefixtures("no_loaded_models")
 
@@ -94,22 +94,10 @@ def test_a_schedule_for_another_frame_count_is_refused(patching, motion_module):
 
 
 def strength_prompt(comfy, ckpt):
-    builders.save_file(builders.motion_module_sd("v2", channels=(320,) * 4),
-                       f"{comfy.models}/animatediff_models/ms_v2.safetensors")
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a boat on a lake"}},
-        "3": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 64, "height": 48}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 4}},
-        "5": {"class_type": "AnimateDiffLoadMotionModule", "inputs": {"motion_module": "ms_v2.safetensors"}},
-        "6": {"class_type": "AnimateDiffApplyMotionModule", "inputs": {
-            "model": ["1", 0], "motion_module": ["5", 0], "beta_schedule": "autoselect", "motion_scale": 1.0,
-            "effect": 1.0, "effect_schedule": ["3", 0]}},
-        "7": {"class_type": "KSampler", "inputs": {
-            "model": ["6", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["4", 0], "seed": 1,
-            "steps": 1, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "9": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "strength"}},
-    }
+    p = animation_prompt(comfy, ckpt, "ms_v2.safetensors")
+    p["3"] = {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 64, "height": 48}}
+    p["6"]["inputs"]["effect_schedule"] = ["3", 0]
+    return p
 
 
 def test_the_node_takes_a_mask_and_says_so(comfy, sd15_ad_checkpoint, caplog):
@@ -120,8 +108,5 @@ def test_the_node_takes_a_mask_and_says_so(comfy, sd15_ad_checkpoint, caplog):
 
 @pytest.mark.slow
 def test_a_mask_schedule_over_http_as_in_process(comfy, comfy_server, sd15_ad_checkpoint):
-    import safetensors.torch
     prompt = strength_prompt(comfy, sd15_ad_checkpoint)
-    (saved,) = comfy_server.run(prompt, timeout=300)["9"]["latents"]
-    latent = safetensors.torch.load_file(f"{comfy.output_dir}/{saved['subfolder']}/{saved['filename']}")
-    assert torch.equal(latent["latent_tensor"], comfy.run(prompt).output("7")["samples"])
+    assert torch.equal(over_http(comfy, comfy_server, prompt), comfy.run(prompt).output("7")["samples"])
