@@ -58,7 +58,9 @@ KINDS = {  # kind: (what such a file is, where it belongs)
     "domain_adapter": ("the AnimateDiff v3 domain adapter (a LoRA for the image model's spatial attention)",
                        "apply it to the checkpoint's model with Apply AnimateDiff Domain Adapter"),
     "image_lora": ("a LoRA for the image model", "apply it to the checkpoint with Load LoRA (models/loras)"),
-    "sparsectrl": ("a SparseCtrl ControlNet", "load it with a SparseCtrl loader (not part of this pack)"),
+    "sparsectrl": ("a SparseCtrl encoder (a ControlNet with motion modules)",
+                   "load it with Load AnimateDiff SparseCtrl (models/controlnet)"),
+    "controlnet": ("a ControlNet", "load it with Load ControlNet Model (models/controlnet)"),
     "animatelcm_i2v": ("an AnimateLCM-I2V image encoder and motion model", "it is not supported here"),
     "cameractrl": ("a CameraCtrl pose-conditioned motion module", "it is not supported here"),
     "pia": ("a PIA image-to-video model", "it is not supported here"),
@@ -82,7 +84,7 @@ def classify(sd):
             return "domain_adapter"
         return "image_lora"
     if has("controlnet_cond_embedding"):
-        return "sparsectrl"
+        return "sparsectrl" if has(".motion_modules.") else "controlnet"
     if has("img_encoder."):
         return "animatelcm_i2v"
     if has("qkv_merge"):
@@ -175,3 +177,29 @@ def load(sd):
     stored_positions = any("pos_encoder" in k for k in sd)
     sd = convert(sd)
     return detect(sd, hotshot=hotshot, stored_positions=stored_positions), sd
+
+
+def sparsectrl(sd):
+    """(SparseControlNet's keyword arguments, state dict) of a SparseCtrl file. Two layouts, told apart by the
+    condition embedding: RGB (v3_sd15_sparsectrl_rgb) embeds VAE latents with one conv,
+    `controlnet_cond_embedding.weight` [320, 4 + 1, 3, 3]; scribble (v3_sd15_sparsectrl_scribble) embeds pixels with
+    a conv stack, `controlnet_cond_embedding.conv_in.weight` [16, 3 + 1, 3, 3], `blocks.{0..5}`, `conv_out`. The +1
+    is the mask channel. Both: SD1.5 encoder in diffusers names, 2 motion modules per level, one temporal attention
+    each, 32 positions (built where a file dropped the table, as the original loader does)."""
+    sd = {k: v for k, v in sd.get("controlnet", sd).items() if isinstance(v, torch.Tensor)}
+    kind = classify(sd)
+    if kind != "sparsectrl":
+        raise NotAMotionModule(describe(kind))
+    latent = "controlnet_cond_embedding.weight" in sd
+    embedding = sd["controlnet_cond_embedding.weight" if latent else "controlnet_cond_embedding.conv_in.weight"]
+    levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"down_blocks\.(\d+)\.", k)))
+    channels = tuple(sd[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels))
+    for k in [k for k in sd if k.endswith(".attention_blocks.0.to_q.weight")]:
+        sd.setdefault(k.replace("to_q.weight", "pos_encoder.pe"), sinusoid_table(32, sd[k].shape[0]))
+    pe = sd["down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"]
+    strided = [v.shape[0] for k, v in sd.items()  # blocks.1, .3, .5: the strided convs, their widths
+               if (m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.weight", k)) and int(m.group(1)) % 2]
+    widths = [embedding.shape[0]] + strided
+    return dict(channels=channels, condition_channels=embedding.shape[1] - 1, latent_condition=latent,
+                context_channels=sd["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"].shape[1],
+                pe_rows=pe.shape[1], embedding_widths=tuple(widths)), sd

@@ -4,7 +4,7 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import free_init, patching, prompt_travel, training
+from . import free_init, patching, prompt_travel, sparsectrl, training
 
 MODELS, MOTION_LORAS = "animatediff_models", "animatediff_motion_lora"
 for folder in (MODELS, MOTION_LORAS):
@@ -12,26 +12,27 @@ for folder in (MODELS, MOTION_LORAS):
     folder_paths.folder_names_and_paths[folder] = (folder_paths.get_folder_paths(folder),
                                                    folder_paths.supported_pt_extensions)
 ADAPTER_FOLDERS = (MODELS, "loras")
+SPARSECTRL_FOLDERS = ("controlnet", MODELS)
 
 
-def domain_adapters():
-    """The files in models/animatediff_models and models/loras whose keys are a v3 domain adapter's."""
+def files_of_kind(folders, kind):
+    """The files in `folders` whose keys say they are `kind` (formats.KINDS)."""
     names = []
-    for folder in ADAPTER_FOLDERS:
+    for folder in folders:
         for name in folder_paths.get_filename_list(folder):
             path = folder_paths.get_full_path(folder, name)
             stat = os.stat(path)
-            if name not in names and patching.file_kind(path, stat.st_mtime_ns, stat.st_size) == "domain_adapter":
+            if name not in names and patching.file_kind(path, stat.st_mtime_ns, stat.st_size) == kind:
                 names.append(name)
     return names
 
 
-def adapter_path(name):
-    for folder in ADAPTER_FOLDERS:
+def full_path(folders, name):
+    for folder in folders:
         path = folder_paths.get_full_path(folder, name)
         if path:
             return path
-    return folder_paths.get_full_path_or_raise(ADAPTER_FOLDERS[0], name)
+    return folder_paths.get_full_path_or_raise(folders[0], name)
 
 
 MotionModule = io.Custom("ANIMATEDIFF_MOTION_MODULE")
@@ -147,7 +148,7 @@ class AnimateDiffApplyDomainAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.5 image model, usually before Apply AnimateDiff Motion "
                                                 "Module with a v3 motion module."),
-                io.Combo.Input("adapter_name", options=domain_adapters(),
+                io.Combo.Input("adapter_name", options=files_of_kind(ADAPTER_FOLDERS, "domain_adapter"),
                                tooltip="A v3 domain adapter file in models/animatediff_models or models/loras "
                                        "(only domain adapters are listed)."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
@@ -159,7 +160,8 @@ class AnimateDiffApplyDomainAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, adapter_name, strength):
-        return io.NodeOutput(patching.apply_domain_adapter(model, adapter_path(adapter_name), adapter_name, strength))
+        return io.NodeOutput(patching.apply_domain_adapter(model, full_path(ADAPTER_FOLDERS, adapter_name), adapter_name,
+                                                            strength))
 
 
 class AnimateDiffContextWindows(io.ComfyNode):
@@ -286,6 +288,37 @@ class AnimateDiffFreeInit(io.ComfyNode):
                                                       temporal_stop_frequency, report))
 
 
+class AnimateDiffLoadSparseCtrl(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffLoadSparseCtrl",
+            display_name="Load AnimateDiff SparseCtrl",
+            category="animatediff",
+            description="Loads a SparseCtrl encoder (v3_sd15_sparsectrl_rgb or _scribble, SD1.5; arXiv 2311.16933) as "
+                        "a ControlNet for the stock Apply ControlNet (Advanced) node: its image batch holds a few "
+                        "key frames (RGB images, or scribbles), placed at frame_indices; the encoder's motion "
+                        "modules carry them to the frames in between. The RGB encoder needs the VAE connected to "
+                        "Apply ControlNet. Works with AnimateDiff Context Windows (each window sees its own key "
+                        "frames).",
+            inputs=[
+                io.Combo.Input("sparsectrl_name", options=files_of_kind(SPARSECTRL_FOLDERS, "sparsectrl"),
+                               tooltip="A SparseCtrl file in models/controlnet or models/animatediff_models (only "
+                                       "SparseCtrl encoders are listed)."),
+                io.String.Input("frame_indices", default="",
+                                tooltip="The frame of each image of Apply ControlNet's batch, in order, counting "
+                                        "from 0; -1 is the last frame (e.g. 0, -1 for first and last). Empty: the "
+                                        "images are spread evenly from the first frame to the last."),
+            ],
+            outputs=[io.ControlNet.Output(tooltip="The SparseCtrl encoder, for Apply ControlNet (Advanced).")],
+        )
+
+    @classmethod
+    def execute(cls, sparsectrl_name, frame_indices):
+        return io.NodeOutput(sparsectrl.load_sparsectrl(full_path(SPARSECTRL_FOLDERS, sparsectrl_name),
+                                                        sparsectrl_name, sparsectrl.parse_indices(frame_indices)))
+
+
 class AnimateDiffTrainMotionLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -378,7 +411,7 @@ class AnimateDiffExtension(ComfyExtension):
     async def get_node_list(self):
         return [AnimateDiffLoadMotionModule, AnimateDiffApplyMotionModule, AnimateDiffContextWindows,
                 AnimateDiffLoadMotionLoRA, AnimateDiffApplyDomainAdapter, AnimateDiffTrainMotionLoRA,
-                AnimateDiffPromptTravel, AnimateDiffFreeInit]
+                AnimateDiffPromptTravel, AnimateDiffFreeInit, AnimateDiffLoadSparseCtrl]
 
 
 async def comfy_entrypoint():

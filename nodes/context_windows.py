@@ -27,7 +27,7 @@ import comfy.controlnet
 import comfy.patcher_extension
 from comfy.context_windows import IndexListCallbacks, IndexListContextHandler
 
-from . import compat
+from . import compat, sparsectrl
 
 KEY = "animatediff"
 
@@ -102,7 +102,9 @@ class AnimateDiffContextHandler(IndexListContextHandler):
                 control = c.get("control")
                 while control is not None:
                     full = self.hints.get(control, control.cond_hint_original)
-                    if isinstance(full, torch.Tensor) and full.shape[0] == x_in.size(0):  # one hint per frame
+                    # one hint per frame; SparseCtrl places its given frames in the window itself
+                    if isinstance(full, torch.Tensor) and full.shape[0] == x_in.size(0) and \
+                            not isinstance(control, sparsectrl.SparseCtrl):
                         self.hints[control] = full
                         set_hint(control, full[window.index_list])
                     control = control.previous_controlnet

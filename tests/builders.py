@@ -249,27 +249,34 @@ def v3_adapter_sd_for_ad_layout(rank=4, seed=0):
             if k.startswith(("down_blocks.0.", "mid_block.", "up_blocks.3."))}
 
 
-def sparsectrl_sd(channels=SD15_CHANNELS, seed=0, dtype=torch.float32):
-    """SparseCtrl-like file: a ControlNet (diffusers naming, a few small keys) with motion modules in its
-    down blocks only (pe 32). Has `controlnet_cond_embedding.*` and, like the real file, `conv_in.weight`."""
-    channels = tuple(channels)
+SPARSECTRL_MOTION_NAMES = ((".pos_embed.", ".attention_blocks.0.pos_encoder."),
+                           (".attn1.", ".attention_blocks.0."), (".norm1.", ".norms.0."), (".norm3.", ".ff_norm."))
+
+
+def sparsectrl_shapes(channels=SD15_CHANNELS, latent=True):
+    """[(key, shape)] of the official SparseCtrl files: v3_sd15_sparsectrl_rgb (latent=True) and _scribble. The layout
+    is diffusers' SparseControlNetModel (its converter loads the original files strictly after renaming the motion
+    modules), built on the meta device, with the motion modules under their AnimateDiff names."""
+    from diffusers import SparseControlNetModel
+    with torch.device("meta"):
+        model = SparseControlNetModel(block_out_channels=tuple(channels), conditioning_channels=4 if latent else 3,
+                                      use_simplified_condition_embedding=latent)
     shapes = []
-    for prefix, c in module_prefixes(channels, mid=False, up=False):
-        shapes += module_shapes(prefix, c, 32)
-    c0 = channels[0]
-    shapes += [
-        ("conv_in.weight", (c0, 4, 3, 3)), ("conv_in.bias", (c0,)),
-        ("controlnet_cond_embedding.conv_in.weight", (16, 4, 3, 3)),
-        ("controlnet_cond_embedding.conv_in.bias", (16,)),
-        ("controlnet_cond_embedding.blocks.0.weight", (16, 16, 3, 3)),
-        ("controlnet_cond_embedding.blocks.0.bias", (16,)),
-        ("controlnet_cond_embedding.conv_out.weight", (c0, 16, 3, 3)),
-        ("controlnet_cond_embedding.conv_out.bias", (c0,)),
-        ("controlnet_down_blocks.0.weight", (c0, c0, 1, 1)), ("controlnet_down_blocks.0.bias", (c0,)),
-        ("controlnet_mid_block.weight", (channels[-1], channels[-1], 1, 1)),
-        ("controlnet_mid_block.bias", (channels[-1],)),
-    ]
-    return materialize(shapes, seed, dtype)
+    for key, tensor in model.state_dict().items():
+        block, sep, rest = key.partition(".motion_modules.")
+        if sep:
+            index, _, rest = rest.partition(".")
+            rest = "." + rest
+            for new, old in SPARSECTRL_MOTION_NAMES:
+                rest = rest.replace(new, old)
+            key = f"{block}.motion_modules.{index}.temporal_transformer{rest}"
+        shapes.append((key, tuple(tensor.shape)))
+    return shapes
+
+
+def sparsectrl_sd(channels=SD15_CHANNELS, latent=True, seed=0, dtype=torch.float32):
+    """A SparseCtrl file's state dict (see sparsectrl_shapes); positional tables are the exact sinusoid."""
+    return materialize(sparsectrl_shapes(channels, latent), seed, dtype)
 
 
 def pia_sd(channels=SD15_CHANNELS, seed=0, dtype=torch.float32):
