@@ -228,19 +228,27 @@ def placements(unet, motion_model):
 
 
 def inject(places, clip_norms, model_patcher):
+    """Insert the motion modules (and v1's clip norms) where they are not in place already. Both this and eject
+    look at the UNet, not at the patcher's is_injected: a clone of a loaded patcher copies that flag, so on a
+    warm ComfyUI (a cached Apply AnimateDiff Motion Module, cloned by Context Windows or FreeInit) the clone comes
+    to eject modules its original's unloading took out already."""
     for block, i, module in places:
-        block.insert(i, module)
+        if not (i < len(block) and block[i] is module):
+            block.insert(i, module)
     if clip_norms:
         for layers in norm_sequences(model_patcher.model.diffusion_model):
-            layers[0] = ClipGroupNorm(layers[0])
+            if not isinstance(layers[0], ClipGroupNorm):
+                layers[0] = ClipGroupNorm(layers[0])
 
 
 def eject(places, clip_norms, model_patcher):
     if clip_norms:
         for layers in norm_sequences(model_patcher.model.diffusion_model):
-            layers[0] = layers[0].norm
+            if isinstance(layers[0], ClipGroupNorm):
+                layers[0] = layers[0].norm
     for block, i, module in places:
-        del block[i]
+        if i < len(block) and block[i] is module:
+            del block[i]
 
 
 def norm_sequences(unet):
