@@ -5,8 +5,8 @@ encoder of the same channels (tests/builders.py, the official layout; the RGB en
 conv), 16 frames sampled as KSampler samples them (euler, cfg: cond and uncond batched), two key frames (0 and
 15) given through the control object that Apply ControlNet (Advanced) makes. In one process the two cells are
 timed in turns, `--repeats` rounds (the compute thread's CPU time on CPU); min / median per step and the median
-of the rounds' ratios are printed. Peak memory: each cell once more in a fresh process (resident set on CPU,
-allocator peak on CUDA).
+of the rounds' ratios are printed. Peak memory: each cell once more in a fresh process, during its sampling
+(resident set on CPU, the loaded models included; allocator peak on CUDA); the plain cell has no encoder.
 
     .venv/bin/python benchmarks/sparsectrl.py                              # tiny, CPU: about 1 minute
     .venv/bin/python benchmarks/sparsectrl.py --configs sd15 --steps 1 --repeats 2
@@ -14,7 +14,6 @@ allocator peak on CUDA).
 import argparse
 import importlib.util
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,8 +35,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def models(ns, config, folder):
-    """(AnimateDiff model, positive, negative with the SparseCtrl encoder on both) for `config`."""
+def models(ns, config, folder, sparse=True):
+    """(AnimateDiff model, the SparseCtrl control object as Apply ControlNet makes it, or None) for `config`."""
     channels, mult = overhead.CONFIGS[config]
     spec = importlib.util.spec_from_file_location("_bench_builders", os.path.join(overhead.PACK_DIR, "tests",
                                                                                   "builders.py"))
@@ -48,6 +47,8 @@ def models(ns, config, folder):
         builders.save_file(builders.sparsectrl_sd(tuple(channels * m for m in mult), latent=False), path)
     mm = ns.patching.load_motion_module(overhead.write_motion_module(ns, config, os.path.join(folder, "mm.pt")), "mm")
     animated = ns.patching.apply_motion_module(overhead.build_unet(ns, config), mm, "autoselect", 1.0, 1.0)
+    if not sparse:
+        return animated, None
     sparsectrl = sys.modules[ns.patching.__name__.rsplit(".", 1)[0] + ".sparsectrl"]
     keys = ns.torch.rand(2, 3, 8, 8, generator=ns.torch.Generator().manual_seed(2))  # scaled to the latent's size
     control = sparsectrl.load_sparsectrl(path, "sparsectrl", [0, -1]).copy().set_cond_hint(keys, 1.0, (0.0, 1.0))
@@ -70,12 +71,15 @@ def sample(ns, animated, control, latent, steps):
 
 def peak_memory(ns, args):
     config, cell, folder = args.memory
-    animated, control = models(ns, config, folder)
-    sample(ns, animated, control if cell == "sparsectrl" else None, args.latent, 1)
+    animated, control = models(ns, config, folder, sparse=cell == "sparsectrl")
+    if ns.device.type == "cpu":
+        with open("/proc/self/clear_refs", "w") as f:  # the peak resident set from here: the sampling's
+            f.write("5")
+    sample(ns, animated, control, args.latent, 1)
     if ns.device.type == "cuda":
         print(ns.torch.cuda.max_memory_allocated() / 2 ** 20)
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(overhead.proc_status_kib("VmHWM") / 1024)
 
 
 def main():

@@ -1,4 +1,5 @@
-"""Text to animation with AnimateDiff, headless: run workflows/txt2vid.json on ComfyUI and save the WEBP.
+"""Text to animation with AnimateDiff, headless: run workflows/txt2vid.json on ComfyUI and save the WEBP
+(or any workflow in workflows/ with --workflow, and what it saves: vid2vid_controlnet.json an MP4).
 
     python scripts/txt2vid.py                          # starts a ComfyUI of its own (base directory .demo/)
     python scripts/txt2vid.py --server http://127.0.0.1:8188 --prompt "waves crashing on rocks" --seed 7
@@ -6,9 +7,10 @@
 Without --server it starts ComfyUI on 127.0.0.1 (a free port) with `.demo/` as its base directory and this
 pack linked into `.demo/custom_nodes/`, and stops it at the end. Models then live in `.demo/models/`:
 checkpoints/ and animatediff_models/. When the checkpoint or the motion module the workflow names is not
-there (or any other file the workflow loads: MotionLoRA, domain adapter, ControlNet, hint or reference frames),
-small random-weight stand-ins are written in their place so that the whole pipeline runs on a CPU
-in a few minutes; the animation is then random noise (it says so). Put real files there to get real ones.
+there (or any other file the workflow loads: MotionLoRA, domain adapter, ControlNet, hint or reference frames,
+the input video, a mask), small random-weight stand-ins (for inputs: a short generated video, a gradient) are
+written in their place so that the whole pipeline runs on a CPU in a few minutes; the animation is then random
+noise (it says so). Put real files there to get real ones.
 
 Standard library only, except that making the stand-ins imports tests/builders.py (torch, safetensors).
 """
@@ -43,6 +45,7 @@ RANDOM_WEIGHTS_RECORD = "random-weights.json"   # in the base directory: the sta
 TINY = dict(width=64, height=64, steps=4, train_steps=2, clip_length=4)
 TRAINING_KNOBS = ("train_steps", "clip_length")
 BAR = 30  # characters of the sampling progress bar
+STAND_IN_VIDEO = (24, 80, 48, 8)  # the stand-in input video of a video-to-video workflow: frames, width, height, fps
 
 
 def show(path):
@@ -350,6 +353,16 @@ def write_stand_in(builders, class_type, path):
         builders.save_file(builders.v3_adapter_sd_for_ad_layout(), path)
     elif class_type == "ControlNetLoader":
         builders.save_file(builders.controlnet_sd(), path)
+    elif class_type == "AnimateDiffLoadSparseCtrl":
+        builders.save_file(builders.sparsectrl_sd((320, 320, 320, 320), dtype=builders.torch.float16), path)
+    elif class_type == "SparseCtrlKeyFrames":  # a Load Image that feeds SparseCtrl: two key frames
+        builders.save_hint_frames(path, 2, 64, 64)
+    elif class_type == "LoadVideo":  # a vid2vid workflow's input video: a square crossing the picture
+        frames, width, height, fps = STAND_IN_VIDEO
+        builders.write_video(path, builders.moving_square_frames(frames, height, width), fps)
+    elif class_type == "LoadImageMask":  # a motion strength mask: 0 at the left edge to 1 at the right
+        from PIL import Image
+        Image.linear_gradient("L").rotate(90).save(path)
     else:  # LoadImage: 48 frames, an animated image (ControlNet hint frames, or a trainer's reference video)
         builders.save_hint_frames(path, 48, 64, 64)
 
@@ -498,7 +511,10 @@ MODEL_INPUTS = (("CheckpointLoaderSimple", "ckpt_name", "models/checkpoints"),
                 ("AnimateDiffLoadMotionLoRA", "lora_name", "models/animatediff_motion_lora"),
                 ("AnimateDiffApplyDomainAdapter", "adapter_name", "models/animatediff_models"),
                 ("ControlNetLoader", "control_net_name", "models/controlnet"),
-                ("LoadImage", "image", "input"))
+                ("AnimateDiffLoadSparseCtrl", "sparsectrl_name", "models/controlnet"),
+                ("LoadImage", "image", "input"),
+                ("LoadVideo", "file", "input"),
+                ("LoadImageMask", "image", "input"))
 
 
 def prepare_models(base, prompt):
@@ -509,6 +525,11 @@ def prepare_models(base, prompt):
     for class_type, name, folder in MODEL_INPUTS:
         for node_id in wf.find_nodes(prompt, class_type):
             paths[os.path.join(base, folder, prompt[node_id]["inputs"][name])] = class_type
+    for apply in wf.find_nodes(prompt, "ControlNetApplyAdvanced"):  # key frames for a SparseCtrl encoder
+        images, control = wf.upstream_node(prompt, apply, "image"), wf.upstream_node(prompt, apply, "control_net")
+        if prompt.get(control, {}).get("class_type") == "AnimateDiffLoadSparseCtrl" and \
+                prompt.get(images, {}).get("class_type") == "LoadImage":
+            paths[os.path.join(base, "input", prompt[images]["inputs"]["image"])] = "SparseCtrlKeyFrames"
     missing = {p: t for p, t in paths.items() if not os.path.exists(p)}
     real = [p for p in paths if os.path.exists(p) and not is_stand_in(base, p)]
     if missing and real:
@@ -548,8 +569,15 @@ def describe_run(prompt):
     sampler = prompt[samplers[0]]["inputs"]
     latent_id = wf.upstream_node(prompt, samplers[0], "latent_image")
     latent = prompt[latent_id]["inputs"] if latent_id else {}
-    log(f"Generating {latent.get('batch_size', '?')} frames of {latent.get('width', '?')}x{latent.get('height', '?')}, "
-        f"{sampler.get('steps')} steps, seed {sampler.get('seed')}")
+    if latent_id and prompt[latent_id]["class_type"] == "VAEEncode":  # video to video: the frames are the video's
+        scale = wf.upstream_node(prompt, latent_id, "pixels")
+        size = prompt[scale]["inputs"] if scale else {}
+        log(f"Redrawing the frames of {model_file(prompt, 'LoadVideo', 'file')} at {size.get('width', '?')}x"
+            f"{size.get('height', '?')}, denoise {sampler.get('denoise')}, {sampler.get('steps')} steps, "
+            f"seed {sampler.get('seed')}")
+    else:
+        log(f"Generating {latent.get('batch_size', '?')} frames of {latent.get('width', '?')}x"
+            f"{latent.get('height', '?')}, {sampler.get('steps')} steps, seed {sampler.get('seed')}")
     log(f"  checkpoint {model_file(prompt, 'CheckpointLoaderSimple', 'ckpt_name')}, "
         f"motion module {model_file(prompt, 'AnimateDiffLoadMotionModule', 'motion_module')}")
 
@@ -569,7 +597,7 @@ def parse_args(argv=None):
     p.add_argument("--server", help="URL of a running ComfyUI (default: start one on --base-directory)")
     p.add_argument("--workflow", default=DEFAULT_WORKFLOW,
                    help="UI-format workflow (default: workflows/txt2vid.json)")
-    p.add_argument("--output", default="out", help="folder for the WEBP (default: out/)")
+    p.add_argument("--output", default="out", help="folder for the animation, WEBP or MP4 (default: out/)")
     p.add_argument("--seed", type=int)
     p.add_argument("--frames", type=int, help="number of frames (the latent batch size)")
     p.add_argument("--prompt", help="positive prompt")
@@ -614,7 +642,10 @@ def main(argv=None):
                          height=args.height, positive=args.prompt, negative=args.negative,
                          checkpoint=args.checkpoint, motion_module=args.motion_module,
                          train_steps=args.train_steps, clip_length=args.clip_length)
-        prompt = wf.apply_overrides(prompt, **overrides)
+        try:
+            prompt = wf.apply_overrides(prompt, **overrides)
+        except KeyError as e:
+            raise Failed(f"cannot apply the options to {show(args.workflow)}: {e.args[0]}") from None
 
         random_weights = []
         if server:

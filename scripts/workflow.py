@@ -12,6 +12,9 @@ Rules, as the frontend applies them:
   `widgets_values` holds one value per widget, plus values the API never sees: "control after generate"
   after an INT named seed/noise_seed or any input with `control_after_generate` (a combo also gets a
   filter-list value), and the upload button after the required inputs of a node with an upload combo.
+- A DynamicCombo (ComfyUI 0.33's COMFY_DYNAMICCOMBO_V3, e.g. Save Video's format) is a combo of its options'
+  keys; the widgets of the chosen option follow it, named "<combo>.<input>" (a DynamicCombo among them in
+  turn), so the values in `widgets_values` pick which widgets come next. The API gets each by that name.
 - A widget turned into an input socket keeps its place in `widgets_values`; when the socket is linked,
   the link wins.
 - Links become [str(source node id), source slot]. Reroute nodes are followed; a PrimitiveNode gives
@@ -24,7 +27,7 @@ import copy
 import json
 
 __all__ = [
-    "ui_to_api", "widget_slots", "node_definitions", "node_info", "set_inputs", "find_nodes",
+    "ui_to_api", "widget_slots", "is_widget", "node_definitions", "node_info", "set_inputs", "find_nodes",
     "upstream_node", "apply_overrides", "sync_widgets", "MissingNodeTypes", "MODE_NEVER", "MODE_BYPASS", "TRAINER",
 ]
 
@@ -38,6 +41,7 @@ WIDGET_TYPES = {
     "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "MARKDOWN", "COLOR", "IMAGECOMPARE", "CHART",
     "GALLERIA", "TEXTAREA",
 }
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 # Node types that exist only in the graph editor and never reach the server.
 VIRTUAL_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
@@ -115,31 +119,60 @@ def _spec(spec):
     return type_, options
 
 
-def widget_slots(definition):
-    """[(input name or None, number of values it takes in widgets_values)] for one node definition.
-    None marks a value that is not an input (the upload button's)."""
+def is_widget(spec):
+    """Whether the frontend draws this input (a definition's [type, options]) as a widget."""
+    type_, options = _spec(spec)
+    is_combo = isinstance(type_, list) or type_ in ("COMBO", DYNAMIC_COMBO)
+    return (is_combo or type_ in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def _widgets(definition, values=()):
+    """[(input name or None, spec, number of values it takes in widgets_values)] in the order of
+    widgets_values; `values` (the node's widgets_values) choose each DynamicCombo's option."""
     slots = []
+
+    def add(name, spec, section):
+        """Append one input's slots; True when it is a combo with an upload button."""
+        if not is_widget(spec):
+            return False
+        type_, options = _spec(spec)
+        if type_ == DYNAMIC_COMBO:
+            at = sum(width for _, _, width in slots)
+            choice = values.get(name) if isinstance(values, dict) else values[at] if at < len(values) else None
+            slots.append((name, spec, 1))
+            chosen = next((o for o in options.get("options") or [] if o["key"] == choice), None)
+            if chosen is None and choice is None and options.get("options"):
+                chosen = options["options"][0]  # a new widget starts at the first option
+            for sub_section in ("required", "optional"):
+                for sub, sub_spec in (((chosen or {}).get("inputs") or {}).get(sub_section) or {}).items():
+                    add(f"{name}.{sub}", sub_spec, sub_section)
+            return False
+        is_combo = isinstance(type_, list) or type_ == "COMBO"
+        extra = 0
+        if type_ == "INT":
+            control = options.get("control_after_generate")
+            if control is None:
+                control = name in ("seed", "noise_seed")
+            extra = 1 if control else 0
+        elif is_combo and options.get("control_after_generate"):
+            extra = 2  # control_after_generate and control_filter_list
+        slots.append((name, spec, 1 + extra))
+        return is_combo and section == "required" and any(options.get(o) for o in UPLOAD_OPTIONS)
+
     for section in ("required", "optional"):
         has_upload = False
         for name, spec in _ordered_inputs(definition, section):
-            type_, options = _spec(spec)
-            is_combo = isinstance(type_, list) or type_ == "COMBO"
-            if not (is_combo or type_ in WIDGET_TYPES) or options.get("forceInput"):
-                continue
-            extra = 0
-            if type_ == "INT":
-                control = options.get("control_after_generate")
-                if control is None:
-                    control = name in ("seed", "noise_seed")
-                extra = 1 if control else 0
-            elif is_combo and options.get("control_after_generate"):
-                extra = 2  # control_after_generate and control_filter_list
-            if is_combo and section == "required" and any(options.get(o) for o in UPLOAD_OPTIONS):
-                has_upload = True
-            slots.append((name, 1 + extra))
+            has_upload = add(name, spec, section) or has_upload
         if has_upload:
-            slots.append((None, 1))
+            slots.append((None, None, 1))
     return slots
+
+
+def widget_slots(definition, values=()):
+    """[(input name or None, number of values it takes in widgets_values)] for one node definition.
+    None marks a value that is not an input (the upload button's). `values`: the node's widgets_values,
+    which choose the options of DynamicCombo widgets (a new node's first option where they do not reach)."""
+    return [(name, width) for name, _, width in _widgets(definition, values)]
 
 
 def _api_value(value):
@@ -147,18 +180,18 @@ def _api_value(value):
     return {"__value__": value} if isinstance(value, list) else value
 
 
-def _default(definition, name):
-    """The value a new widget starts with: the input's default, else a combo's first option."""
-    for section in ("required", "optional"):
-        spec = ((definition.get("input") or {}).get(section) or {}).get(name)
-        if spec is None:
-            continue
-        type_, options = _spec(spec)
-        if "default" in options:
-            return True, options["default"]
-        choices = type_ if isinstance(type_, list) else options.get("options") if type_ == "COMBO" else None
-        if choices:
-            return True, choices[0]
+def _default(spec):
+    """The value a new widget starts with: the input's default, else a combo's first option (a DynamicCombo
+    always starts at its first option)."""
+    type_, options = _spec(spec)
+    if type_ == DYNAMIC_COMBO:
+        choices = [o["key"] for o in options.get("options") or []]
+        return (True, choices[0]) if choices else (False, None)
+    if "default" in options:
+        return True, options["default"]
+    choices = type_ if isinstance(type_, list) else options.get("options") if type_ == "COMBO" else None
+    if choices:
+        return True, choices[0]
     return False, None
 
 
@@ -168,9 +201,8 @@ def _widget_inputs(node, definition):
     values = node.get("widgets_values")
     if values is None:
         values = []
-    slots = widget_slots(definition)
     out, i = {}, 0
-    for name, width in slots:
+    for name, spec, width in _widgets(definition, values):
         if isinstance(values, dict):  # some packs save widgets by name
             present, value = name in values, values.get(name)
         else:
@@ -179,7 +211,7 @@ def _widget_inputs(node, definition):
         if name is None:
             continue
         if not present:
-            present, value = _default(definition, name)
+            present, value = _default(spec)
         if present:
             out[name] = _api_value(value)
     return out
@@ -327,7 +359,9 @@ def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=
                     filename_prefix=None, train_steps=None, clip_length=None):
     """The usual knobs of a txt2vid workflow, found by node type and by following the sampler's links:
     seed/steps/cfg on every KSampler, frames (= batch size)/width/height on the latent its
-    latent_image comes from (EmptyLatentImage) and on every prompt-travel node (AnimateDiffPromptTravel),
+    latent_image comes from (EmptyLatentImage) and on every prompt-travel node (AnimateDiffPromptTravel);
+    for a latent encoded from images (VAEEncode, video to video) width/height on the ImageScale its pixels
+    come from (its frames are the video's: `frames` is refused);
     positive/negative on the CLIPTextEncode or prompt-travel nodes linked to its positive/negative inputs (a
     prompt-travel node takes a schedule, '"0": "...", "16": "..."'), file names on CheckpointLoaderSimple/AnimateDiffLoadMotionModule,
     filename_prefix on the save nodes; on every MotionLoRA trainer (AnimateDiffTrainMotionLoRA) its
@@ -349,11 +383,20 @@ def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=
         put(sampler, "cfg", cfg)
         latent = upstream_node(prompt, sampler, "latent_image")
         if any(v is not None for v in (frames, width, height)):
-            if latent is None or prompt[latent]["class_type"] != "EmptyLatentImage":
+            size = latent
+            if latent is not None and prompt[latent]["class_type"] == "VAEEncode":
+                if frames is not None:
+                    raise KeyError(f"KSampler {sampler}'s frames are the images VAEEncode {latent} encodes (the "
+                                   "input video's): they cannot be set")
+                size = upstream_node(prompt, latent, "pixels")
+                if size is None or prompt[size]["class_type"] != "ImageScale":
+                    raise KeyError(f"KSampler {sampler}'s latent is encoded from images that no ImageScale sizes")
+            elif latent is None or prompt[latent]["class_type"] != "EmptyLatentImage":
                 raise KeyError(f"KSampler {sampler}'s latent_image does not come from an EmptyLatentImage")
-            put(latent, "batch_size", frames)
-            put(latent, "width", width)
-            put(latent, "height", height)
+            else:
+                put(latent, "batch_size", frames)
+            put(size, "width", width)
+            put(size, "height", height)
         for name, text in (("positive", positive), ("negative", negative)):
             if text is None:
                 continue
@@ -373,7 +416,7 @@ def apply_overrides(prompt, seed=None, frames=None, steps=None, cfg=None, width=
         put(node_id, "width", width)
         put(node_id, "height", height)
     for node_id, node in prompt.items():
-        if node["class_type"] in ("SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveImage"):
+        if node["class_type"] in ("SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveImage", "SaveVideo"):
             put(node_id, "filename_prefix", filename_prefix)
     return prompt
 
@@ -388,7 +431,7 @@ def sync_widgets(workflow, prompt, object_info):
         if entry is None or entry.get("class_type") != node.get("type") or not isinstance(values, list):
             continue
         i = 0
-        for name, width in widget_slots(object_info[node["type"]]):
+        for name, width in widget_slots(object_info[node["type"]], values):
             value = entry["inputs"].get(name)
             if name is not None and i < len(values) and name in entry["inputs"] and not _is_link(value):
                 values[i] = value["__value__"] if isinstance(value, dict) and "__value__" in value else value

@@ -162,8 +162,8 @@ _SET_WIDGET = r"""
 }
 """
 
-# The <img> the frontend shows on a node's output (SaveAnimatedWEBP: its animated preview widget); null
-# until it is there and decoded.
+# The <img> or <video> the frontend shows on a node's output (SaveAnimatedWEBP: its animated preview widget;
+# SaveVideo: a video player); null until it is there and decoded (a video: its first frame).
 _OUTPUT_IMAGE = r"""
 (id) => {
   const outputs = window.app.nodeOutputs?.[String(id)];
@@ -171,13 +171,15 @@ _OUTPUT_IMAGE = r"""
   if (!images.length) return null;
   const wanted = images.map(i => i.filename);
   const node = (window.app.rootGraph ?? window.app.graph).getNodeById(id);
-  const imgs = [...document.querySelectorAll('img')].filter(img => wanted.some(f => img.src.includes(encodeURIComponent(f))));
-  const shown = imgs.find(img => img.complete && img.naturalWidth > 0);
+  const media = [...document.querySelectorAll('img, video')].filter(el => wanted.some(f => el.src.includes(encodeURIComponent(f))));
+  const size = el => el.tagName === 'VIDEO' ? [el.readyState >= 2 ? el.videoWidth : 0, el.videoHeight]
+                                            : [el.complete ? el.naturalWidth : 0, el.naturalHeight];
+  const shown = media.find(el => size(el)[0] > 0);
   if (!shown) return null;
   const box = shown.getBoundingClientRect();
-  return {images, animated: outputs.animated ?? null, src: shown.src, width: shown.naturalWidth,
-          height: shown.naturalHeight, visible: box.width > 0 && box.height > 0,
-          node_imgs: (node?.imgs || []).length};
+  const [width, height] = size(shown);
+  return {images, animated: outputs.animated ?? null, src: shown.src, tag: shown.tagName.toLowerCase(), width,
+          height, visible: box.width > 0 && box.height > 0, node_imgs: (node?.imgs || []).length};
 }
 """
 
@@ -303,7 +305,7 @@ class ComfyPage:
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
 
     def wait_for_output(self, node_id, timeout=30.0):
-        """The node's output image as the page shows it (see _OUTPUT_IMAGE)."""
+        """The node's output image or video as the page shows it (see _OUTPUT_IMAGE)."""
         handle = self.page.wait_for_function(_OUTPUT_IMAGE, arg=node_id, timeout=timeout * 1000)
         return handle.json_value()
 

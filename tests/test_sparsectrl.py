@@ -3,13 +3,16 @@ SparseControlNetModel, set to the original's per-frame motion-module GroupNorm; 
 SparseCtrl + the stock Apply ControlNet (Advanced) + KSampler) each UNet call's encoder gets the condition of its
 frames: the given frames (VAE latents for RGB, pixels for scribble) at their indices, zeros and mask 0 elsewhere,
 per context window; bad indices and a missing VAE fail clearly."""
+import json
 import os
 
 import pytest
 import torch
 from einops import rearrange
+from PIL import Image
 
 import builders
+from conftest import REPO_DIR
 
 TINY = (32, 64, 64, 64)
 AD_LAYOUT = (320,) * 4  # the channels of the SD1.5 test checkpoint (conftest's sd15_ad_checkpoint) on every level
@@ -217,3 +220,40 @@ def test_scribble_takes_the_images_as_they_are_spread_evenly(comfy, files, sd15_
 def test_bad_input_fails_clearly(comfy, files, sd15_ad_checkpoint, case, match):
     with pytest.raises(Exception, match=match):
         comfy.run(prompt(sd15_ad_checkpoint, 10, windows=False, **case))
+
+
+def keyframes_prompt(ckpt, object_info):
+    """workflows/sparsectrl_keyframes.json as the headless runner sends it: 8 frames of 64x48, 1 step, the test
+    files in place of the real ones."""
+    import test_workflow_run
+    workflow = test_workflow_run.workflow
+    with open(os.path.join(REPO_DIR, "workflows", "sparsectrl_keyframes.json")) as f:
+        ui = json.load(f)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, object_info), width=WIDTH, height=HEIGHT, frames=8,
+                                      steps=1, checkpoint=ckpt, motion_module=MOTION_MODULE)
+    workflow.set_inputs(prompt, {"AnimateDiffLoadSparseCtrl": {"sparsectrl_name": RGB},
+                                 "LoadImage": {"image": "sc_keys_2.webp"}})
+    (loader,) = workflow.find_nodes(prompt, "AnimateDiffLoadSparseCtrl")
+    (apply,) = workflow.find_nodes(prompt, "ControlNetApplyAdvanced")
+    assert prompt[loader]["inputs"]["frame_indices"] == "0, -1"
+    assert prompt[apply]["inputs"]["control_net"] == [loader, 0] and prompt[apply]["inputs"]["vae"][1] == 2
+    return prompt, loader
+
+
+def test_keyframes_workflow_in_process_and_over_http(comfy, comfy_server, files, sd15_ad_checkpoint):
+    info = comfy_server.get("/object_info")
+    prompt, loader = keyframes_prompt(sd15_ad_checkpoint, info)
+    ex = comfy.executor()
+    control = comfy.run(prompt, executor=ex, validate=False, outputs=[loader]).output(loader)
+    masks = []
+    hook = control.control_model.register_forward_pre_hook(
+        lambda module, args: masks.append(args[1][:, -1].float().mean(dim=(1, 2)).tolist()))
+    try:
+        outputs = comfy.run(prompt, executor=ex)
+    finally:
+        hook.remove()
+    assert masks == [([1.0] + [0.0] * 6 + [1.0]) * 2]  # cond and uncond batched; the first and last frame given
+    for saved in ([o["images"][0] for o in outputs.values() if "images" in o][0],
+                  [o["images"][0] for o in comfy_server.run(prompt, timeout=300).values() if "images" in o][0]):
+        with Image.open(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) as image:
+            assert (image.n_frames, image.size) == (8, (WIDTH, HEIGHT))

@@ -13,7 +13,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
 WORKFLOWS = ("txt2vid.json", "long_video_controlnet.json", "motion_lora.json", "v3_adapter.json",
-             "train_motion_lora.json", "prompt_travel.json")
+             "train_motion_lora.json", "prompt_travel.json", "vid2vid_controlnet.json", "free_init.json")
+# Widgets core gained after ComfyUI 0.3.75, which a workflow saved for 0.3.75 and 0.33 lacks (0.33's frontend gives
+# them their defaults when it loads the file): Create Video's bit_depth; Save Video's codec became a DynamicCombo
+# under its format (the saved "h264" is its value) with an encoding mode, and a hidden codec of its own.
+GAINED_WIDGETS = {"CreateVideo": {"bit_depth"}, "SaveVideo": {"format.codec.encoding", "codec"}}
 
 
 def _load_script(name):
@@ -155,11 +159,12 @@ def test_links_agree_with_the_nodes_slots(saved_workflow):
         output = nodes[src]["outputs"][src_slot]
         target = nodes[dst]["inputs"][dst_slot]
         assert link_id in output["links"] and target["link"] == link_id
-        assert output["type"] == target["type"] == type_
+        # (a socket of several types, "FLOAT,MASK", takes a link of one of them)
+        assert output["type"] == type_ and type_ in target["type"].split(","), (link_id, target["type"])
     linked = {link[0] for link in workflow["links"]}
     for node in workflow["nodes"]:
-        for inp in node["inputs"]:
-            assert inp["link"] in linked
+        for inp in node["inputs"]:  # only an optional socket (drawn hollow: shape 7) may be left unlinked
+            assert inp["link"] in linked or (inp["link"] is None and inp.get("shape") == 7), (node["type"], inp)
         for out in node["outputs"]:
             assert set(out["links"] or []) <= linked
 
@@ -169,17 +174,28 @@ def test_slots_and_widgets_match_the_node_definitions(saved_workflow, object_inf
         if node["type"] in wf.VIRTUAL_NODE_TYPES:
             continue
         definition = object_info[node["type"]]
-        widths = sum(width for _, width in wf.widget_slots(definition))
-        assert len(node["widgets_values"]) == widths, node["type"]
+        values = node["widgets_values"]
+        slots = wf.widget_slots(definition, values)
+        reached, lacking = 0, []
+        for name, width in slots:
+            if reached < len(values):
+                reached += width
+            else:
+                lacking.append(name)
+        assert reached == len(values) and set(lacking) <= GAINED_WIDGETS.get(node["type"], set()), \
+            (node["type"], slots, values)
         # core may add outputs to a node (0.33's SaveAnimatedWEBP passes its images on): the saved ones come first
         saved_outputs = [o["type"] for o in node["outputs"]]
         assert saved_outputs == list(definition["output"])[:len(saved_outputs)], node["type"]
         required, optional = ([name for name, spec in definition["input"].get(section, {}).items()
-                               if not (isinstance(spec[0], list) or spec[0] in wf.WIDGET_TYPES)]
-                              for section in ("required", "optional"))
+                               if not wf.is_widget(spec)] for section in ("required", "optional"))
         # a node may gain optional sockets (Apply AnimateDiff Motion Module's schedules): files saved before lack them
-        names = [i["name"] for i in node["inputs"]]
+        names = [i["name"] for i in node["inputs"] if "widget" not in i]
         assert names[:len(required)] == required and set(names[len(required):]) <= set(optional), node["type"]
+        # a widget turned into a linked socket (Create Video's fps, from Get Video Components) names its widget
+        widgets = {name for name, _ in slots}
+        assert all(i["widget"]["name"] == i["name"] in widgets and i["link"] is not None
+                   for i in node["inputs"] if "widget" in i), node["type"]
 
 
 def test_the_motion_graph(workflow):
@@ -339,6 +355,100 @@ def test_upload_button_value_is_not_an_input(object_info):
                   "properties": {}, "widgets_values": ["example.png", "image"]}
     prompt = wf.ui_to_api({"nodes": [load_image], "links": []}, object_info)
     assert prompt["1"]["inputs"] == {"image": "example.png"}
+
+
+def _dynamic_combo(*options, **extra):
+    return [wf.DYNAMIC_COMBO, {"options": [{"key": key, "inputs": inputs} for key, inputs in options], **extra}]
+
+
+# A node shaped like ComfyUI 0.33's Save Video in GET /object_info: `format` is a DynamicCombo whose options hold
+# a DynamicCombo `codec`, whose h264 option holds an optional DynamicCombo `encoding`, whose re-encode option holds
+# two plain widgets; beside them an optional hidden `codec` of the node's own.
+CODEC = _dynamic_combo(
+    ("auto", {"required": {}}),
+    ("h264", {"required": {}, "optional": {"encoding": _dynamic_combo(
+        ("auto", {"required": {}}),
+        ("re-encode", {"required": {"crf": ["FLOAT", {"default": 23.0, "min": 0.0, "max": 51.0}],
+                                    "color_space": ["COMBO", {"default": "auto", "options": ["auto", "sRGB"]}]}}))}}))
+DYNAMIC_SAVE = {
+    "input": {"required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                           "format": _dynamic_combo(("auto", {"required": {"codec": CODEC}}),
+                                                    ("mp4", {"required": {"codec": CODEC}}),
+                                                    ("webm", {"required": {}}))},
+              "optional": {"codec": [wf.DYNAMIC_COMBO, {**CODEC[1], "hidden": True}]}},
+    "input_order": {"required": ["video", "filename_prefix", "format"], "optional": ["codec"]},
+    "output": ["VIDEO"], "name": "DynamicSave", "display_name": "Dynamic Save"}
+
+
+def _dynamic_save(values):
+    """A UI workflow with one DynamicSave node, its video linked from a Load Video, saved with these widget values."""
+    return {"nodes": [{"id": 1, "type": "LoadVideo", "mode": 0, "order": 0, "inputs": [],
+                       "outputs": [{"name": "VIDEO", "type": "VIDEO", "links": [1]}], "widgets_values": ["a.mp4", "image"]},
+                      {"id": 2, "type": "DynamicSave", "mode": 0, "order": 1,
+                       "inputs": [{"name": "video", "type": "VIDEO", "link": 1}], "outputs": [],
+                       "widgets_values": values}],
+            "links": [[1, 1, 0, 2, 0, "VIDEO"]]}
+
+
+@pytest.mark.parametrize("values, inputs", [
+    # the chosen format's codec follows it, and the chosen codec's encoding mode follows the codec
+    (["out/v", "mp4", "h264", "auto", "auto"],
+     {"format": "mp4", "format.codec": "h264", "format.codec.encoding": "auto", "codec": "auto"}),
+    (["out/v", "mp4", "h264", "re-encode", 18.0, "sRGB", "h264", "auto"],
+     {"format": "mp4", "format.codec": "h264", "format.codec.encoding": "re-encode",
+      "format.codec.encoding.crf": 18.0, "format.codec.encoding.color_space": "sRGB", "codec": "h264",
+      "codec.encoding": "auto"}),
+    # an option without inputs: the next value is the node's own codec
+    (["out/v", "webm", "h264"], {"format": "webm", "codec": "h264", "codec.encoding": "auto"}),
+    # saved before the node had the nested widgets (ComfyUI 0.3.75's format, codec): they start at their defaults
+    (["out/v", "mp4", "h264"],
+     {"format": "mp4", "format.codec": "h264", "format.codec.encoding": "auto", "codec": "auto"}),
+    # a new node: every DynamicCombo at its first option
+    ([], {"filename_prefix": "video/ComfyUI", "format": "auto", "format.codec": "auto", "codec": "auto"}),
+    # a value that is none of the options brings no widgets with it
+    (["out/v", "mov", "auto"], {"format": "mov", "codec": "auto"}),
+])
+def test_dynamic_combo_widgets_follow_the_chosen_option(object_info, values, inputs):
+    info = {**object_info, "DynamicSave": DYNAMIC_SAVE}
+    prompt = wf.ui_to_api(_dynamic_save(values), info)
+    assert prompt["2"]["inputs"] == {"filename_prefix": "out/v", **inputs, "video": ["1", 0]}
+    slots = wf.widget_slots(DYNAMIC_SAVE, values)
+    assert [name for name, _ in slots] == ["filename_prefix", *(k for k in inputs if k != "filename_prefix")]
+    assert all(width == 1 for _, width in slots)
+
+
+def test_video_workflow_saves_an_h264_mp4_on_this_comfyui(object_info):
+    """vid2vid_controlnet.json's Save Video: mp4/h264 as ComfyUI 0.3.75's combos, or 0.33's DynamicCombos (the
+    saved codec is the format's codec there, its encoding mode and the hidden codec at their defaults)."""
+    with open(os.path.join(REPO, "workflows", "vid2vid_controlnet.json"), encoding="utf-8") as f:
+        prompt = wf.ui_to_api(json.load(f), object_info)
+    (save,) = wf.find_nodes(prompt, "SaveVideo")
+    inputs = {k: v for k, v in prompt[save]["inputs"].items() if k not in ("video", "filename_prefix")}
+    if object_info["SaveVideo"]["input"]["required"]["format"][0] == wf.DYNAMIC_COMBO:
+        assert inputs == {"format": "mp4", "format.codec": "h264", "format.codec.encoding": "auto", "codec": "auto"}
+    else:
+        assert inputs == {"format": "mp4", "codec": "h264"}
+    (create,) = wf.find_nodes(prompt, "CreateVideo")
+    assert wf.upstream_node(prompt, create, "fps") == wf.find_nodes(prompt, "GetVideoComponents")[0]
+    assert prompt[create]["inputs"]["fps"][1] == 2  # Get Video Components' fps output
+
+
+def test_apply_overrides_sizes_a_video_on_its_image_scale(object_info):
+    """Video to video: the latent is the encoded frames, so width/height go to the ImageScale before VAE Encode and
+    the frame count (the video's) cannot be set."""
+    with open(os.path.join(REPO, "workflows", "vid2vid_controlnet.json"), encoding="utf-8") as f:
+        prompt = wf.ui_to_api(json.load(f), object_info)
+    (scale,) = wf.find_nodes(prompt, "ImageScale")
+    assert {k: prompt[scale]["inputs"][k] for k in ("width", "height")} == {"width": 512, "height": 512}
+    out = wf.apply_overrides(prompt, width=64, height=96, steps=3, filename_prefix="test/v2v")
+    assert {k: out[scale]["inputs"][k] for k in ("width", "height")} == {"width": 64, "height": 96}
+    assert out[wf.find_nodes(out, "SaveVideo")[0]]["inputs"]["filename_prefix"] == "test/v2v"
+    with pytest.raises(KeyError, match="input video"):
+        wf.apply_overrides(prompt, frames=8)
+    (encode,) = wf.find_nodes(prompt, "VAEEncode")
+    prompt[encode]["inputs"]["pixels"] = ["5", 0]  # the frames straight from Get Video Components: nothing to size
+    with pytest.raises(KeyError, match="no ImageScale"):
+        wf.apply_overrides(prompt, width=64)
 
 
 def test_widgets_missing_from_an_older_save_get_their_defaults(workflow, object_info):

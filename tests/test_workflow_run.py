@@ -1,7 +1,9 @@
-"""workflows/txt2vid.json, converted to an API prompt, runs on the real ComfyUI: in-process and over HTTP."""
+"""The workflows in workflows/, converted to API prompts, run on the real ComfyUI: in-process and over HTTP."""
 import importlib.util
 import json
+import logging
 import os
+import sys
 
 import pytest
 import requests
@@ -10,9 +12,21 @@ from PIL import Image
 import builders
 from conftest import EXTRA_MODELS, REPO_DIR, PromptFailed
 
-spec = importlib.util.spec_from_file_location("workflow", os.path.join(REPO_DIR, "scripts", "workflow.py"))
-workflow = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(workflow)
+
+def _load_script(name):
+    """scripts/<name>.py as a module (sys.path left as it was: txt2vid.py puts scripts/ on it for its imports)."""
+    path = list(sys.path)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_DIR, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module
+
+
+workflow = _load_script("workflow")
+txt2vid = _load_script("txt2vid")  # the headless runner: its stand-in input files
 
 MOTION_MODULE = "workflow_v2.safetensors"
 
@@ -35,6 +49,20 @@ def txt2vid_prompt(object_info, checkpoint, motion_module, frames):
 def webp_frames(path):
     with Image.open(path) as image:
         return image.n_frames, image.size
+
+
+def mp4_frames(path):
+    """(frames, (width, height), fps) of a video file, read back frame by frame with opencv."""
+    import cv2
+    video = cv2.VideoCapture(str(path))
+    try:
+        frames = 0
+        while video.read()[0]:
+            frames += 1
+        size = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        return frames, size, video.get(cv2.CAP_PROP_FPS)
+    finally:
+        video.release()
 
 
 def test_txt2vid_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module):
@@ -97,6 +125,88 @@ def test_long_video_controlnet_workflow_in_process(comfy, sd15_ad_checkpoint, mo
     outputs = comfy.run(prompt)
     (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
     assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (48, (64, 64))
+
+
+def vid2vid_prompt(object_info, checkpoint, motion_module, video):
+    with open(os.path.join(REPO_DIR, "workflows", "vid2vid_controlnet.json")) as f:
+        ui = json.load(f)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, object_info), width=64, height=64, steps=1,
+                                      checkpoint=checkpoint, motion_module=motion_module)
+    return workflow.set_inputs(prompt, {"ControlNetLoader": {"control_net_name": "workflow_cn.safetensors"},
+                                        "LoadVideo": {"file": video}})
+
+
+@pytest.fixture(scope="module")
+def input_video(comfy):
+    """The ControlNet vid2vid_prompt names, and an input video of 20 frames of 80x48 at 12 fps; its file name."""
+    os.makedirs(os.path.join(comfy.models, "controlnet"), exist_ok=True)
+    builders.save_file(builders.controlnet_sd(), os.path.join(comfy.models, "controlnet", "workflow_cn.safetensors"))
+    builders.write_video(os.path.join(comfy.input_dir, "workflow_input.mp4"),
+                         builders.moving_square_frames(20, 48, 80), fps=12)
+    return "workflow_input.mp4"
+
+
+def test_vid2vid_controlnet_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module, input_video):
+    """A video of 20 frames of 80x48 at 12 fps: scaled to 64x64, encoded, redrawn at denoise 0.6 in context windows
+    of 16 with its frames as ControlNet hints; the mp4 has the video's 20 frames and 12 fps (not Create Video's
+    saved 8: its fps is linked from Get Video Components) at the scaled size."""
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = vid2vid_prompt(info, sd15_ad_checkpoint, motion_module, input_video)
+    types = [n["class_type"] for n in prompt.values()]
+    assert {"AnimateDiffContextWindows", "ControlNetApplyAdvanced", "VAEEncode", "CreateVideo"} <= set(types)
+    (sampler,) = workflow.find_nodes(prompt, "KSampler")
+    assert prompt[sampler]["inputs"]["denoise"] == 0.6
+    outputs = comfy.run(prompt)
+    (scaled,) = workflow.find_nodes(prompt, "ImageScale")
+    assert tuple(outputs.output(scaled).shape) == (20, 64, 64, 3)
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert saved["filename"].endswith(".mp4") and saved["type"] == "output"
+    assert mp4_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (20, (64, 64), 12.0)
+
+
+def test_vid2vid_after_txt2vid_on_a_warm_comfyui(comfy, sd15_ad_checkpoint, motion_module, input_video):
+    """One ComfyUI, its node cache kept: txt2vid leaves its animated model loaded; vid2vid then takes the cached
+    Apply AnimateDiff Motion Module's model and clones it (Context Windows), a clone that believes itself injected
+    while loading it unloads the original: the motion modules go in once and sampling runs."""
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    shared = comfy.executor()
+    comfy.run(txt2vid_prompt(info, sd15_ad_checkpoint, motion_module, frames=4), executor=shared)
+    prompt = vid2vid_prompt(info, sd15_ad_checkpoint, motion_module, input_video)
+    outputs = comfy.run(prompt, executor=shared)
+    assert workflow.find_nodes(prompt, "AnimateDiffApplyMotionModule")[0] in outputs.cached
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert mp4_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (20, (64, 64), 12.0)
+
+
+def test_free_init_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module, caplog):
+    """FreeInit (2 samplings) after Apply AnimateDiff Motion Module, whose effect_schedule is the mask the headless
+    runner writes in place of a missing one (a gradient, 0 at the left edge to 1 at the right) through Load Image
+    (as Mask): 8 frames of 64x64, the effect per pixel."""
+    import server
+    txt2vid.write_stand_in(builders, "LoadImageMask", os.path.join(comfy.input_dir, "workflow_gradient.png"))
+    with open(os.path.join(REPO_DIR, "workflows", "free_init.json")) as f:
+        ui = json.load(f)
+    info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    prompt = workflow.apply_overrides(workflow.ui_to_api(ui, info), width=64, height=64, frames=8, steps=1,
+                                      checkpoint=sd15_ad_checkpoint, motion_module=motion_module)
+    workflow.set_inputs(prompt, {"LoadImageMask": {"image": "workflow_gradient.png"}})
+    (free_init,) = workflow.find_nodes(prompt, "AnimateDiffFreeInit")
+    (apply,) = workflow.find_nodes(prompt, "AnimateDiffApplyMotionModule")
+    (mask,) = workflow.find_nodes(prompt, "LoadImageMask")
+    assert prompt[free_init]["inputs"]["iterations"] == 2 and prompt[free_init]["inputs"]["model"] == [apply, 0]
+    assert workflow.upstream_node(prompt, apply, "effect_schedule") == mask
+    server.PromptServer.instance.messages.clear()
+    with caplog.at_level(logging.INFO):
+        outputs = comfy.run(prompt)
+    assert "effect per pixel (1 frames)" in caplog.text
+    texts = [d["text"] for e, d, _ in server.PromptServer.instance.messages
+             if e == "progress_text" and d["node_id"] == free_init]
+    assert texts == ["FreeInit iteration 1/2", "FreeInit iteration 2/2"]
+    gradient = outputs.output(mask)[0]
+    assert gradient[:, 0].max() == 0 and gradient[:, -1].min() >= 254 / 255  # (0.33 reads the white as 254/255)
+    assert (gradient[:, 1:] >= gradient[:, :-1]).all() and (gradient == gradient[:1]).all()  # the same every row
+    (saved,) = [o["images"][0] for o in outputs.values() if "images" in o]
+    assert webp_frames(os.path.join(comfy.output_dir, saved["subfolder"], saved["filename"])) == (8, (64, 64))
 
 
 @pytest.mark.parametrize("name, adapter", [("motion_lora.json", False), ("v3_adapter.json", True)])
@@ -176,8 +286,8 @@ def test_prompt_travel_workflow_in_process(comfy, sd15_ad_checkpoint, motion_mod
 def test_workflows_are_templates_with_thumbnails(comfy_server):
     """ComfyUI's template browser lists every workflow under the pack and serves it with its .jpg thumbnail."""
     names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(REPO_DIR, "workflows")) if f.endswith(".json"))
-    assert names == ["long_video_controlnet", "motion_lora", "prompt_travel", "train_motion_lora", "txt2vid",
-                     "v3_adapter"]
+    assert names == ["free_init", "long_video_controlnet", "motion_lora", "prompt_travel", "sparsectrl_keyframes",
+                     "train_motion_lora", "txt2vid", "v3_adapter", "vid2vid_controlnet"]
     listed = comfy_server.get("/workflow_templates")
     assert sorted(listed["comfyui-animatediff"]) == names
     for name in names:
@@ -223,3 +333,26 @@ def test_headless_command_against_a_server(comfy_server, sd15_ad_checkpoint, mot
                            "not_here.ckpt", "--output", str(tmp_path / "missing"))
     assert missing.returncode == 1
     assert "the server has no motion_module 'not_here.ckpt' (in models/animatediff_models/)" in missing.stdout
+
+
+def test_headless_video_to_video_against_a_server(comfy_server, comfy, sd15_ad_checkpoint, motion_module, tmp_path):
+    """scripts/txt2vid.py --workflow workflows/vid2vid_controlnet.json: the input video the runner writes in place of
+    a missing one, sized through the ImageScale; the mp4 Save Video wrote lands in --output with the video's frames
+    and fps. A frame count is refused: it is the video's."""
+    os.makedirs(os.path.join(comfy.models, "controlnet"), exist_ok=True)
+    builders.save_file(builders.controlnet_sd(), os.path.join(comfy.models, "controlnet", "control_v11f1e_sd15_tile.pth"))
+    txt2vid.write_stand_in(builders, "LoadVideo", os.path.join(comfy.input_dir, "vid2vid_input.mp4"))
+    frames, width, height, fps = txt2vid.STAND_IN_VIDEO
+    assert mp4_frames(os.path.join(comfy.input_dir, "vid2vid_input.mp4")) == (frames, (width, height), fps)
+    common = ("--server", comfy_server.url, "--workflow", os.path.join(REPO_DIR, "workflows", "vid2vid_controlnet.json"),
+              "--checkpoint", sd15_ad_checkpoint, "--motion-module", motion_module)
+    out = run_headless(*common, "--width", "64", "--height", "48", "--steps", "1", "--output", str(tmp_path / "saved"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Redrawing the frames of vid2vid_input.mp4 at 64x48, denoise 0.6, 1 steps" in out.stdout
+    (saved,) = os.listdir(tmp_path / "saved")
+    assert saved.startswith("AnimateDiff_vid2vid") and saved.endswith(".mp4")
+    assert mp4_frames(tmp_path / "saved" / saved) == (frames, (64, 48), fps)
+
+    refused = run_headless(*common, "--frames", "8", "--output", str(tmp_path / "refused"))
+    assert refused.returncode == 1 and not os.path.exists(tmp_path / "refused")
+    assert "vid2vid_controlnet.json" in refused.stdout and "the input video's" in refused.stdout, refused.stdout
