@@ -12,7 +12,8 @@ only where core needs it (`compat` detects what core does):
 - `get_context_windows`: the uniform schedules' windows with `context_stride` > 1 can reach past the last frame,
   hold a frame twice or leave frames out; those are repaired, so every frame is in a window on every step.
 - an EVALUATE_CONTEXT_WINDOWS callback that gives every ControlNet / T2I adapter in a cond's chain the hint
-  frames of the window (core alone hands each window the first frames of the hint batch), and publishes the
+  frames of the window (core alone hands each window the first frames of the hint batch; SparseCtrl places its
+  key frames in the window itself), and publishes the
   window in `transformer_options["ad_params"]` (`full_length`, `context_length`, `sub_idxs`) as other packs
   expect; `execute` restores the hints afterwards, also when sampling is cancelled between windows.
 - `freenoise`: FreeNoise's initial noise (Qiu et al. 2023; core's `apply_freenoise` where core has it): frames
