@@ -27,7 +27,11 @@ ANIMATELCM_POSITIONS = 64
 
 
 class NotAMotionModule(ValueError):
-    """The file is not an AnimateDiff motion module; the message says what it is and where it belongs."""
+    """The file is not a (complete) file of the kind asked for; `kind` (a key of KINDS) says what it is."""
+
+    def __init__(self, kind, detail=""):
+        super().__init__(f"This file is {KINDS[kind]}{detail}.")
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -50,23 +54,20 @@ class MotionModuleInfo:
                     norm_across_frames=self.norm_across_frames)
 
 
-KINDS = {  # kind: (what such a file is, where it belongs)
-    "motion_module": ("an AnimateDiff motion module", "load it with Load AnimateDiff Motion Module "
-                      "(models/animatediff_models)"),
-    "motion_lora": ("a MotionLoRA (a camera-motion LoRA for a motion module)",
-                    "load it with Load AnimateDiff MotionLoRA on a loaded motion module (models/animatediff_motion_lora)"),
-    "domain_adapter": ("the AnimateDiff v3 domain adapter (a LoRA for the image model's spatial attention)",
-                       "apply it to the checkpoint's model with Apply AnimateDiff Domain Adapter"),
-    "image_lora": ("a LoRA for the image model", "apply it to the checkpoint with Load LoRA (models/loras)"),
-    "sparsectrl": ("a SparseCtrl encoder (a ControlNet with motion modules)",
-                   "load it with Load AnimateDiff SparseCtrl (models/controlnet)"),
-    "controlnet": ("a ControlNet", "load it with Load ControlNet Model (models/controlnet)"),
-    "animatelcm_i2v": ("an AnimateLCM-I2V image encoder and motion model", "it is not supported here"),
-    "cameractrl": ("a CameraCtrl pose-conditioned motion module", "it is not supported here"),
-    "pia": ("a PIA image-to-video model", "it is not supported here"),
-    "sd_checkpoint": ("a Stable Diffusion checkpoint or UNet", "load it with Load Checkpoint (models/checkpoints)"),
-    "unknown": ("not an AnimateDiff file: it has no '<block>.motion_modules.<n>.temporal_transformer.' keys",
-                "check that it is the file you meant"),
+KINDS = {  # kind: what such a file is
+    "motion_module": "an AnimateDiff motion module",
+    "motion_lora": "a MotionLoRA (a camera-motion LoRA for a motion module)",
+    "domain_adapter": "the AnimateDiff v3 domain adapter (a LoRA for the image model's spatial attention)",
+    "image_lora": "a LoRA for the image model",
+    "sparsectrl": "a SparseCtrl encoder (a ControlNet with motion modules)",
+    "controlnet": "a ControlNet",
+    "animatelcm_i2v": "an AnimateLCM-I2V image encoder and motion model",
+    "cameractrl": "a CameraCtrl pose-conditioned motion module",
+    "pia": "a PIA image-to-video model",
+    "sd_checkpoint": "a Stable Diffusion checkpoint or UNet",
+    "incomplete": "an incomplete AnimateDiff file",
+    "other_layout": "a motion module of a layout AnimateDiff does not have",
+    "unknown": "not an AnimateDiff file: it has no '<block>.motion_modules.<n>.temporal_transformer.' keys",
 }
 
 
@@ -99,12 +100,6 @@ def classify(sd):
     return "motion_module"
 
 
-def describe(kind):
-    """'This file is <what>: <where it belongs>.'"""
-    what, where = KINDS[kind]
-    return f"This file is {what}: {where}."
-
-
 def motion_lora_key_map(module_keys):
     """{MotionLoRA entry name: motion-module weight key} for ComfyUI's LoRA loader (its `{name}_lora.up.weight`
     form): `...attention_blocks.0.processor.to_q` -> `...attention_blocks.0.to_q.weight`, `processor.to_out` ->
@@ -121,7 +116,7 @@ def convert(sd):
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     kind = classify(sd)
     if kind != "motion_module":
-        raise NotAMotionModule(describe(kind))
+        raise NotAMotionModule(kind)
     if any(".temporal_attentions." in k for k in sd):
         # {block}.temporal_attentions.{m}.X -> {block}.motion_modules.{m}.temporal_transformer.X
         sd = {re.sub(r"\.temporal_attentions\.(\d+)\.", r".motion_modules.\1.temporal_transformer.", k)
@@ -152,8 +147,8 @@ def detect(sd, hotshot=False, stored_positions=True):
     pe_rows = sd[first + "transformer_blocks.0.attention_blocks.0.pos_encoder.pe"].shape[1]
     family = {4: "SD1.5", 3: "SDXL"}.get(levels)
     if family is None:
-        raise NotAMotionModule(f"This motion module has {levels} UNet levels; AnimateDiff modules have 4 (SD1.5) "
-                               "or 3 (SDXL).")
+        raise NotAMotionModule("other_layout", f" ({levels} UNet levels; AnimateDiff modules have 4 (SD1.5) or 3 "
+                                               "(SDXL))")
     if family == "SDXL":
         fmt = "hotshot" if hotshot else "sdxl_beta"
     elif not stored_positions:
@@ -176,20 +171,37 @@ def load(sd):
     hotshot = any(".temporal_attentions." in k or "positional_encoding" in k for k in sd)
     stored_positions = any("pos_encoder" in k for k in sd)
     sd = convert(sd)
-    return detect(sd, hotshot=hotshot, stored_positions=stored_positions), sd
+    return complete(detect, sd, hotshot=hotshot, stored_positions=stored_positions), sd
+
+
+def complete(read, sd, **kwargs):
+    """read(sd, **kwargs), with a key or block that is not there (a damaged or cut-down file) as NotAMotionModule."""
+    try:
+        return read(sd, **kwargs)
+    except NotAMotionModule:
+        raise
+    except KeyError as e:
+        raise NotAMotionModule("incomplete", f" (no {e.args[0]!r})") from None
+    except ValueError:  # max() over no matching keys
+        raise NotAMotionModule("incomplete", " (a block's modules are missing)") from None
 
 
 def sparsectrl(sd):
+    """See `sparsectrl_layout`, on any file: a file of another kind, or one with keys missing, is NotAMotionModule."""
+    sd = {k: v for k, v in sd.get("controlnet", sd).items() if isinstance(v, torch.Tensor)}
+    kind = classify(sd)
+    if kind != "sparsectrl":
+        raise NotAMotionModule(kind)
+    return complete(sparsectrl_layout, sd)
+
+
+def sparsectrl_layout(sd):
     """(SparseControlNet's keyword arguments, state dict) of a SparseCtrl file. Two layouts, told apart by the
     condition embedding: RGB (v3_sd15_sparsectrl_rgb) embeds VAE latents with one conv,
     `controlnet_cond_embedding.weight` [320, 4 + 1, 3, 3]; scribble (v3_sd15_sparsectrl_scribble) embeds pixels with
     a conv stack, `controlnet_cond_embedding.conv_in.weight` [16, 3 + 1, 3, 3], `blocks.{0..5}`, `conv_out`. The +1
     is the mask channel. Both: SD1.5 encoder in diffusers names, 2 motion modules per level, one temporal attention
     each, 32 positions (built where a file dropped the table, as the original loader does)."""
-    sd = {k: v for k, v in sd.get("controlnet", sd).items() if isinstance(v, torch.Tensor)}
-    kind = classify(sd)
-    if kind != "sparsectrl":
-        raise NotAMotionModule(describe(kind))
     latent = "controlnet_cond_embedding.weight" in sd
     embedding = sd["controlnet_cond_embedding.weight" if latent else "controlnet_cond_embedding.conv_in.weight"]
     levels = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"down_blocks\.(\d+)\.", k)))

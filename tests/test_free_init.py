@@ -1,7 +1,6 @@
-"""FreeInit (AnimateDiff FreeInit): the filters' frequency response against the paper's formulas, 1 iteration
-equal to none, N iterations N samplings, the reinitialised start of an iteration, context windows, the node."""
-import math
-
+"""FreeInit (AnimateDiff FreeInit): 1 iteration equal to none, N iterations N samplings, the reinitialised start of
+an iteration, context windows, the node. (The filters' frequency response against the paper's formulas:
+tests/torch/test_pure_free_init.py.)"""
 import pytest
 import torch
 
@@ -15,31 +14,8 @@ pytestmark = pytest.mark.usefixtures("no_loaded_models")
 
 @pytest.fixture(scope="module")
 def free_init(pack):
-    return pack.nodes.free_init
-
-
-def paper_response(kind, ft, fh, fw, spatial, temporal):
-    """The paper's filters at one normalised frequency (1 = Nyquist)."""
-    d = math.sqrt((ft * spatial / temporal) ** 2 + fh ** 2 + fw ** 2)
-    return {"gaussian": math.exp(-d ** 2 / (2 * spatial ** 2)),
-            "butterworth": 1 / (1 + (d / spatial) ** 8),
-            "ideal": float(d <= spatial),
-            "box": float(abs(ft) <= temporal and abs(fh) <= spatial and abs(fw) <= spatial)}[kind]
-
-
-@pytest.mark.parametrize("kind", ["butterworth", "gaussian", "ideal", "box"])
-def test_a_cosine_comes_out_scaled_by_the_papers_response(free_init, kind):
-    frames, height, width, spatial, temporal = 16, 16, 24, 0.25, 0.4
-    t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
-    seen = set()
-    for kt, kh, kw in [(0, 0, 0), (1, 1, 0), (2, 0, 3), (3, 2, 1), (0, 3, 4), (5, 1, 1), (1, 6, 2), (8, 8, 12)]:
-        signal = torch.cos(2 * math.pi * (kt * t / frames + kh * y / height + kw * x / width))
-        signal = signal[:, None].repeat(1, 4, 1, 1)  # [frames, channels, height, width]
-        out = free_init.low_pass(signal, free_init.low_pass_filter(frames, height, width, kind, spatial, temporal))
-        gain = paper_response(kind, 2 * kt / frames, 2 * kh / height, 2 * kw / width, spatial, temporal)
-        torch.testing.assert_close(out, gain * signal, rtol=0, atol=1e-5)
-        seen.add(round(gain, 3))
-    assert len(seen) >= 2  # both kept and (partly) removed frequencies were tried
+    """The pure filters (motion_modules.free_init), as the pack loaded them."""
+    return pack.motion_modules.free_init
 
 
 def sample(model, frames, seed=0, steps=2):
@@ -51,26 +27,26 @@ def sample(model, frames, seed=0, steps=2):
                                    positive, negative, latent, disable_pbar=True, seed=seed)
 
 
-def with_free_init(patching, model, iterations, kind="butterworth", reports=None):
-    return patching.apply_free_init(model, iterations, kind, 0.25, 0.25,
+def with_free_init(pack_nodes, model, iterations, kind="butterworth", reports=None):
+    return pack_nodes.free_init.apply_free_init(model, iterations, kind, 0.25, 0.25,
                                     (reports if reports is not None else []).append)
 
 
-def test_one_iteration_is_no_free_init(patching, motion_module):  # noqa: F811
-    plain = sample(animated(patching, motion_module), 8, seed=3)
-    assert torch.equal(sample(with_free_init(patching, animated(patching, motion_module), 1), 8, seed=3), plain)
+def test_one_iteration_is_no_free_init(pack_nodes, motion_module):  # noqa: F811
+    plain = sample(animated(pack_nodes, motion_module), 8, seed=3)
+    assert torch.equal(sample(with_free_init(pack_nodes, animated(pack_nodes, motion_module), 1), 8, seed=3), plain)
 
 
-def test_n_iterations_are_n_samplings_from_the_reinitialised_noise(patching, motion_module, free_init):  # noqa: F811
+def test_n_iterations_are_n_samplings_from_the_reinitialised_noise(pack_nodes, motion_module, free_init):  # noqa: F811
     frames, seed, steps = 8, 5, 2
-    first = sample(animated(patching, motion_module), frames, seed=seed, steps=steps)  # what iteration 1 gives
+    first = sample(animated(pack_nodes, motion_module), frames, seed=seed, steps=steps)  # what iteration 1 gives
     reports = []
-    m = with_free_init(patching, animated(patching, motion_module), 3, reports=reports)
+    m = with_free_init(pack_nodes, animated(pack_nodes, motion_module), 3, reports=reports)
     calls = record_unet_calls(m)
     out = sample(m, frames, seed=seed, steps=steps)
     assert len(calls) == 3 * steps and reports == [1, 2, 3]
     assert torch.isfinite(out).all() and not torch.allclose(out, first)
-    assert torch.equal(out, sample(with_free_init(patching, animated(patching, motion_module), 3), frames, seed=seed,
+    assert torch.equal(out, sample(with_free_init(pack_nodes, animated(pack_nodes, motion_module), 3), frames, seed=seed,
                                    steps=steps))  # deterministic for a seed
     # iteration 2 starts at LPF(previous result + s * initial noise) + HPF(s * fresh noise seeded by seed + 1)
     ms = m.get_model_object("model_sampling")
@@ -86,9 +62,9 @@ def test_n_iterations_are_n_samplings_from_the_reinitialised_noise(patching, mot
     torch.testing.assert_close(seen[frames:], seen[:frames], rtol=0, atol=0)
 
 
-def test_free_init_in_context_windows(patching, motion_module):  # noqa: F811
+def test_free_init_in_context_windows(pack_nodes, motion_module):  # noqa: F811
     frames = 24
-    m = with_free_init(patching, animated(patching, motion_module, windows=True), 2)
+    m = with_free_init(pack_nodes, animated(pack_nodes, motion_module, windows=True), 2)
     calls = record_unet_calls(m)
     out = sample(m, frames, steps=1)
     windows = m.model_options["context_handler"].plan(frames)

@@ -1,5 +1,6 @@
-"""Prompt travel (AnimateDiff Prompt Travel): the schedule text, the per-frame blend, the node against CLIP Text
-Encode on the checkpoint's real CLIP-L, and what the UNet sees per frame, with and without context windows."""
+"""Prompt travel (AnimateDiff Prompt Travel): the node against CLIP Text Encode on the checkpoint's real CLIP-L, and
+what the UNet sees per frame, with and without context windows. (The schedule text and the per-frame blend,
+motion_modules/prompt_schedule.py: tests/torch/test_pure_prompt_schedule.py.)"""
 import json
 
 import pytest
@@ -9,49 +10,6 @@ import comfy.sample as comfy_sample
 
 import builders
 from test_context_windows import HEIGHT, WIDTH, animated, motion_module, record_unet_calls  # noqa: F401 (fixture)
-
-SCHEDULE = '''{
-    "0": "a forest in spring",
-    "4" :"a forest in (winter:1.2), \\"snow\\"",
-
-    "10": "a desert"
-}'''
-
-
-@pytest.fixture(scope="module")
-def travel(pack):
-    return pack.nodes.prompt_travel
-
-
-def test_the_schedule_format_users_paste(travel):
-    assert travel.parse(SCHEDULE) == [(0, "a forest in spring"), (4, 'a forest in (winter:1.2), "snow"'),
-                                      (10, "a desert")]
-    assert travel.parse('"3": "late start"') == [(3, "late start")]
-
-
-@pytest.mark.parametrize("text, message", [
-    ('"0": "a",\n"8" "b"', "line 2: '\"8\" \"b\"' is not a keyframe"),
-    ('"0": "a",\n\n"0": "b"', "line 3: frame 0 has a prompt already"),
-    ("a forest", "line 1: 'a forest' is not a keyframe"),
-    ("\n{\n}\n", "has no keyframes"),
-])
-def test_bad_schedule_text_names_the_line(travel, text, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        travel.parse(text)
-
-
-def test_per_frame_weights(travel):
-    linear = travel.weights([2, 6, 20], 10, "linear")
-    expected = torch.zeros(10, 3)
-    expected[:3, 0] = 1  # before and at the first keyframe: its prompt
-    for f in range(3, 7):
-        expected[f, 0], expected[f, 1] = (6 - f) / 4, (f - 2) / 4
-    for f in range(7, 10):  # towards a keyframe past the last frame
-        expected[f, 1], expected[f, 2] = (20 - f) / 14, (f - 6) / 14
-    torch.testing.assert_close(linear, expected, rtol=0, atol=1e-6)
-    hold = travel.weights([2, 6, 20], 10, "hold")
-    assert hold.argmax(1).tolist() == [0] * 6 + [1] * 4 and torch.equal(hold.sum(1), torch.ones(10))
-    assert travel.weights([0, 4], 8, "linear")[4:].argmax(1).tolist() == [1] * 4  # after the last: held
 
 
 def node_prompt(ckpt, text, frames, interpolation="linear"):
@@ -90,7 +48,7 @@ def test_bad_schedule_fails_the_prompt_with_the_line(comfy, sd15_checkpoint):
 
 
 @pytest.mark.parametrize("windows", [False, True])
-def test_the_unet_sees_each_frames_prompt(comfy, patching, motion_module, sd15_checkpoint, windows):  # noqa: F811
+def test_the_unet_sees_each_frames_prompt(comfy, pack_nodes, motion_module, sd15_checkpoint, windows):  # noqa: F811
     """Sampling with the node's conditioning: every UNet call's cond rows are its frames' rows (in context windows,
     the rows of the window's frames)."""
     frames = 24 if windows else 12
@@ -98,7 +56,7 @@ def test_the_unet_sees_each_frames_prompt(comfy, patching, motion_module, sd15_c
                        validate=False)
     positive = result.output("2")
     rows = positive[0][0]
-    m = animated(patching, motion_module, windows=True if windows else None, freenoise=False)
+    m = animated(pack_nodes, motion_module, windows=True if windows else None, freenoise=False)
     calls = record_unet_calls(m)
     latent = torch.zeros(frames, 4, HEIGHT, WIDTH)
     negative = [[torch.zeros(1, 77, 768), {}]]
@@ -112,14 +70,14 @@ def test_the_unet_sees_each_frames_prompt(comfy, patching, motion_module, sd15_c
         torch.testing.assert_close(cond, rows[window], rtol=0, atol=0)
 
 
-def test_a_frame_count_that_is_not_the_latent_batch_is_refused(comfy, patching, motion_module, sd15_checkpoint):  # noqa: F811
+def test_a_frame_count_that_is_not_the_latent_batch_is_refused(comfy, pack_nodes, motion_module, sd15_checkpoint):  # noqa: F811
     positive = comfy.run(node_prompt(sd15_checkpoint, '"0": "spring",\n"8": "winter"', 16), outputs=["2"],
                          validate=False).output("2")
     latent = torch.zeros(12, 4, HEIGHT, WIDTH)
     message = "The positive conditioning has 16 rows, one per frame .* latent batch has 12 frames. Set Prompt " \
               "Travel's frames to 12"
-    with pytest.raises(patching.MotionModuleError, match=message):
-        comfy_sample.sample(animated(patching, motion_module), comfy_sample.prepare_noise(latent, 0), 1, 3.0, "euler",
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match=message):
+        comfy_sample.sample(animated(pack_nodes, motion_module), comfy_sample.prepare_noise(latent, 0), 1, 3.0, "euler",
                             "normal", positive, [[torch.zeros(1, 77, 768), {}]], latent, disable_pbar=True, seed=0)
 
 

@@ -1,8 +1,9 @@
-"""SparseCtrl: the two official layouts (full size and tiny) are detected and load; the encoder equals diffusers'
-SparseControlNetModel, set to the original's per-frame motion-module GroupNorm; in ComfyUI graphs (Load AnimateDiff
-SparseCtrl + the stock Apply ControlNet (Advanced) + KSampler) each UNet call's encoder gets the condition of its
-frames: the given frames (VAE latents for RGB, pixels for scribble) at their indices, zeros and mask 0 elsewhere,
-per context window; bad indices and a missing VAE fail clearly."""
+"""SparseCtrl: the official layouts load through the node (their detection at full size and the encoder's shapes:
+tests/torch/test_pure_sparse_controlnet.py); weights.py's written-out layout and the encoder equal diffusers'
+SparseControlNetModel, the encoder set to the original's per-frame motion-module GroupNorm; in ComfyUI graphs (Load
+AnimateDiff SparseCtrl + the stock Apply ControlNet (Advanced) + KSampler) each UNet call's encoder gets the
+condition of its frames: the given frames (VAE latents for RGB, pixels for scribble) at their indices, zeros and
+mask 0 elsewhere, per context window; bad indices and a missing VAE fail clearly."""
 import json
 import os
 
@@ -36,24 +37,6 @@ def files(comfy):
                        os.path.join(comfy.models, "animatediff_models", MOTION_MODULE))
     builders.save_hint_frames(os.path.join(comfy.input_dir, "sc_keys_2.webp"), 2, HEIGHT, WIDTH)
     builders.save_hint_frames(os.path.join(comfy.input_dir, "sc_keys_3.webp"), 3, HEIGHT, WIDTH)
-
-
-@pytest.mark.parametrize("latent", [True, False], ids=["rgb", "scribble"])
-def test_full_size_layouts_are_detected_and_fit_the_encoder(pack, latent):
-    SparseControlNet = pack.motion_modules.sparse_controlnet.SparseControlNet
-    formats = pack.motion_modules.formats
-    shapes = dict(builders.sparsectrl_shapes(builders.SD15_CHANNELS, latent))
-    sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    assert formats.classify(sd) == "sparsectrl"
-    kwargs, converted = formats.sparsectrl(sd)
-    assert kwargs == dict(channels=builders.SD15_CHANNELS, condition_channels=4 if latent else 3,
-                          latent_condition=latent, context_channels=768, pe_rows=32,
-                          embedding_widths=(320,) if latent else (16, 32, 96, 256))
-    model = SparseControlNet(**kwargs, device="meta")
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
-    # 496.7 M / 497.8 M parameters besides the 8 positional tables: the 1.99 GB fp32 files
-    params = sum(v.numel() for k, v in model.state_dict().items() if not k.endswith(".pe"))
-    assert params == (496_730_880 if latent else 497_802_784)
 
 
 def test_full_size_file_loads_through_the_node(comfy, pack, tmp_path, sparsectrl):
@@ -96,6 +79,19 @@ def diffusers_key(key):
     for new, old in builders.SPARSECTRL_MOTION_NAMES:
         rest = rest.replace(old, new)
     return f"{block}.motion_modules.{index}{rest}"
+
+
+@pytest.mark.parametrize("channels", [builders.SD15_CHANNELS, TINY], ids=["sd15", "tiny"])
+@pytest.mark.parametrize("latent", [True, False], ids=["rgb", "scribble"])
+def test_written_out_layout_is_diffusers_sparse_controlnet(latent, channels):
+    """scripts/weights.py writes the SparseCtrl layout out (no diffusers at run time): it must be diffusers'
+    SparseControlNetModel's, key for key in its order, with the motion modules renamed."""
+    from diffusers import SparseControlNetModel
+    with torch.device("meta"):
+        model = SparseControlNetModel(block_out_channels=channels, conditioning_channels=4 if latent else 3,
+                                      use_simplified_condition_embedding=latent)
+    expected = [(key, tuple(v.shape)) for key, v in model.state_dict().items()]
+    assert [(diffusers_key(key), shape) for key, shape in builders.sparsectrl_shapes(channels, latent)] == expected
 
 
 @pytest.mark.parametrize("latent", [True, False], ids=["rgb", "scribble"])
