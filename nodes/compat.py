@@ -2,7 +2,7 @@
 what core offers (its signatures, and its behaviour on a tiny input), never from a version number, so a core
 that fixes or changes something is followed without a release of the pack.
 
-- `window()` / `handler_options()`: core's context-window classes grew keyword arguments (0.33: a window's
+- `FrameWindow` / `handler_options()`: core's context-window classes grew keyword arguments (0.33: a window's
   `total_frames` and `context_overlap`, the handler's `freenoise`, `causal_window_fix`, ...); only the ones this
   core takes are passed, by name.
 - `STEPS_FROM_FRAME_BATCH`: whether core's handler finds the sampling step from a frame batch's timesteps (one
@@ -20,18 +20,9 @@ import torch
 
 import comfy.conds
 
-try:
-    import comfy.context_windows as core
-except ImportError:  # a ComfyUI older than 0.3.75
-    core = None
+import comfy.context_windows as core
 
 TESTED = ("0.3.75", "0.33.0")  # the ComfyUI versions the whole test suite runs on
-
-
-def too_old(feature, missing):
-    """The error for a ComfyUI that lacks what `feature` needs."""
-    return (f"{feature} needs {missing}, which this ComfyUI does not have: update ComfyUI (this pack is tested on "
-            f"ComfyUI {' and '.join(TESTED)}).")
 
 
 def taken(function, **kwargs):
@@ -40,10 +31,13 @@ def taken(function, **kwargs):
     return {k: v for k, v in kwargs.items() if k in parameters}
 
 
-def window(index_list, total_frames, context_overlap):
-    """Core's `IndexListContextWindow` over the frames (dim 0) of an animation of `total_frames`."""
-    return core.IndexListContextWindow(**taken(core.IndexListContextWindow.__init__, index_list=index_list, dim=0,
-                                               total_frames=total_frames, context_overlap=context_overlap))
+class FrameWindow(core.IndexListContextWindow):
+    """Core's window over the frames (dim 0) of an animation of `total_frames`, which it carries on every core."""
+
+    def __init__(self, index_list, total_frames, context_overlap):
+        super().__init__(**taken(core.IndexListContextWindow.__init__, index_list=index_list, dim=0,
+                                 total_frames=total_frames, context_overlap=context_overlap))
+        self.total_frames = total_frames
 
 
 def handler_options(**options):
@@ -65,10 +59,15 @@ def freenoise(noise, dim, context_length, context_overlap, seed):
     return noise
 
 
+class CoreHandler(core.IndexListContextHandler):
+    """Core's handler as it is, outside a sampling: `execute()` sets the model that some cores ask how to slice."""
+    _model = None
+
+
 def core_handler(**options):
     """Core's own handler on the frames (standard_static, flat), as the probes and tests look at it."""
-    return core.IndexListContextHandler(core.get_matching_context_schedule("standard_static"),
-                                        core.get_matching_fuse_method("flat"), **handler_options(**options))
+    return CoreHandler(core.get_matching_context_schedule("standard_static"), core.get_matching_fuse_method("flat"),
+                       **handler_options(**options))
 
 
 def probe_steps_from_frame_batch():
@@ -84,15 +83,14 @@ def probe_steps_from_frame_batch():
 
 def probe_slices_frame_conds():
     handler = core_handler(context_length=2)
-    handler._model = None  # set by execute() in cores that ask the model how to slice
     cond = [{"model_conds": {"c_concat": comfy.conds.CONDNoiseShape(torch.arange(4.0).reshape(4, 1))}}]
     try:
-        (resized,) = handler.get_resized_cond(cond, torch.zeros(4, 1), window([1, 2], 4, 1))
+        (resized,) = handler.get_resized_cond(cond, torch.zeros(4, 1), FrameWindow([1, 2], 4, 1))
     except Exception:
         return False
     return resized["model_conds"]["c_concat"].cond.flatten().tolist() == [1.0, 2.0]
 
 
-STEPS_FROM_FRAME_BATCH = core is not None and probe_steps_from_frame_batch()
-SLICES_FRAME_CONDS = core is not None and probe_slices_frame_conds()
+STEPS_FROM_FRAME_BATCH = probe_steps_from_frame_batch()
+SLICES_FRAME_CONDS = probe_slices_frame_conds()
 apply_freenoise = getattr(core, "apply_freenoise", freenoise)

@@ -13,50 +13,12 @@ before it toward its prompt (`linear`) but has no frame of its own. The cross-at
 output (SDXL's size conditioning reads it) are blended alike, so a sampler, and a context window, sees frame f's
 prompt at frame f.
 """
-import json
 import math
-import re
 
 import torch
+from comfy_api.latest import io
 
-LINE = re.compile(r'"?(\d+)"?\s*:\s*("(?:[^"\\]|\\.)*")\s*,?')
-INTERPOLATIONS = ["linear", "hold"]
-
-
-def parse(text):
-    """[(frame, prompt)] in frame order from the schedule text; a ValueError names the line that is wrong."""
-    keyframes = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip().strip("{}").strip()
-        if not line:
-            continue
-        match = LINE.fullmatch(line)
-        if not match:
-            raise ValueError(f'Prompt schedule line {number}: {line!r} is not a keyframe. Write one per line as '
-                             '"frame": "prompt", e.g. "0": "a forest in spring",')
-        frame = int(match.group(1))
-        if frame in keyframes:
-            raise ValueError(f"Prompt schedule line {number}: frame {frame} has a prompt already; give each "
-                             "keyframe one line.")
-        keyframes[frame] = json.loads(match.group(2))
-    if not keyframes:
-        raise ValueError('The prompt schedule has no keyframes: write one per line as "frame": "prompt", e.g. '
-                         '"0": "a forest in spring",')
-    return sorted(keyframes.items())
-
-
-def weights(frames_at, frames, interpolation):
-    """[frames, keyframes]: how much of each keyframe's prompt each frame takes (rows sum to 1)."""
-    w = torch.zeros(frames, len(frames_at))
-    for f in range(frames):
-        after = next((i for i, k in enumerate(frames_at) if k > f), len(frames_at))
-        before = max(after - 1, 0)
-        if after == 0 or after == len(frames_at) or interpolation == "hold":
-            w[f, before] = 1.0
-        else:
-            t = (f - frames_at[before]) / (frames_at[after] - frames_at[before])
-            w[f, before], w[f, after] = 1.0 - t, t
-    return w
+from ..motion_modules.prompt_schedule import INTERPOLATIONS, parse, weights
 
 
 def encode(clip, text, frames, interpolation):
@@ -73,3 +35,40 @@ def encode(clip, text, frames, interpolation):
         pooled = torch.cat([e["pooled_output"] for _, e in encoded])  # [keyframes, ch]
         extra["pooled_output"] = w @ pooled.to(w)  # [frames, ch]
     return [[torch.einsum("fk,ktc->ftc", w, conds), extra]]  # [frames, tokens, ch]
+
+
+class AnimateDiffPromptTravel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffPromptTravel",
+            display_name="AnimateDiff Prompt Travel",
+            category="animatediff",
+            description="Changes the prompt over the frames: one prompt per keyframe, each encoded once as CLIP "
+                        "Text Encode does, and every frame gets its own conditioning (blended between the "
+                        "keyframes on either side, or held). Connect it to the sampler's positive input; the "
+                        "latent batch size must be the frame count. Works with AnimateDiff Context Windows.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The CLIP model that encodes the prompts (from the checkpoint)."),
+                io.String.Input("text", multiline=True, default='"0": "a forest in spring",\n'
+                                                                '"16": "a forest in winter",',
+                                tooltip='One keyframe per line: "frame": "prompt", (frames count from 0; '
+                                        "(word:1.2) weights work as in CLIP Text Encode). Frames before the "
+                                        "first keyframe take its prompt, frames after the last keyframe take "
+                                        "the last one's."),
+                io.Int.Input("frames", default=16, min=1, max=4096,
+                             tooltip="Number of frames: the latent batch size (Empty Latent Image's batch_size)."),
+                io.Combo.Input("interpolation", options=INTERPOLATIONS, default="linear",
+                               tooltip="linear: frames between two keyframes blend their prompts; hold: each "
+                                       "frame takes the prompt of the last keyframe at or before it."),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="A conditioning with one row per frame, for the sampler's "
+                                                    "positive (or negative) input.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, frames, interpolation):
+        return io.NodeOutput(encode(clip, text, frames, interpolation))
+
+
+NODES = [AnimateDiffPromptTravel]

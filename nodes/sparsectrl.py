@@ -12,21 +12,21 @@ are.
 import re
 
 import torch
+from comfy_api.latest import io
 
 import comfy.controlnet
 import comfy.latent_formats
 import comfy.model_management
-import comfy.ops
 import comfy.utils
 from comfy.ldm.modules.attention import optimized_attention
 
 from ..motion_modules import formats
 from ..motion_modules.sparse_controlnet import SparseControlNet
 
-from . import patching
+from . import files, frames as frame_calls
 
 
-class SparseCtrlError(ValueError):
+class SparseCtrlError(files.AnimateDiffError):
     pass
 
 
@@ -66,22 +66,18 @@ def frame_indices(indices, images, frames):
 def load_sparsectrl(path, name, indices):
     """A SparseCtrl control object for the file at `path` (`name` for messages)."""
     try:
-        kwargs, sd = formats.sparsectrl(patching.read_file(path, name))
+        kwargs, sd = formats.sparsectrl(files.read_file(path, name))
     except formats.NotAMotionModule as e:
-        raise SparseCtrlError(f"'{name}' is not a SparseCtrl encoder. {e}") from None
+        raise SparseCtrlError(f"'{name}' is not a SparseCtrl encoder. {files.describe(e)}") from None
+    model = files.build(SparseControlNet, kwargs, sd, name, "SparseCtrl")
     load_device = comfy.model_management.get_torch_device()
-    dtype = comfy.model_management.unet_dtype(model_params=sum(v.numel() for v in sd.values()))
-    model = SparseControlNet(**kwargs, dtype=dtype, device=comfy.model_management.unet_offload_device(),
-                             operations=comfy.ops.manual_cast)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise SparseCtrlError(f"'{name}' has an unexpected SparseCtrl layout ({len(missing)} missing keys such as "
-                              f"{missing[:2]}, {len(unexpected)} unexpected such as {unexpected[:2]}).")
     return SparseCtrl(model, name, indices, load_device,
-                      comfy.model_management.unet_manual_cast(dtype, load_device))
+                      comfy.model_management.unet_manual_cast(model.dtype, load_device))
 
 
 class SparseCtrl(comfy.controlnet.ControlNet):
+    places_window_frames = True  # context windows leave its images alone: it places them per window itself
+
     def __init__(self, control_model, name, indices, load_device, manual_cast_dtype):
         latent = control_model is not None and control_model.latent_condition
         super().__init__(control_model, load_device=load_device, manual_cast_dtype=manual_cast_dtype,
@@ -120,16 +116,49 @@ class SparseCtrl(comfy.controlnet.ControlNet):
             previous = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if self.timestep_range is not None and not self.timestep_range[1] <= t[0] <= self.timestep_range[0]:
             return previous
-        frames = x_noisy.shape[0] // batched_number
-        window = transformer_options.get("ad_params", {"sub_idxs": list(range(frames)), "full_length": frames})
+        window, total = frame_calls.window(transformer_options, x_noisy.shape[0] // batched_number)
         context = cond.get("crossattn_controlnet", cond["c_crossattn"])
         if context.shape[-1] != self.control_model.context_channels:
             raise SparseCtrlError(f"The SparseCtrl encoder '{self.name}' is for SD1.5 models (768-wide text "
                                   f"conditioning), but this model's is {context.shape[-1]} wide.")
         dtype = self.manual_cast_dtype or self.control_model.dtype
         # the window's frames of each cond/uncond chunk: [(b f), c + 1, H, W]
-        hint = self.condition(window["full_length"], x_noisy)[window["sub_idxs"]].repeat(batched_number, 1, 1, 1)
+        hint = self.condition(total, x_noisy)[window].repeat(batched_number, 1, 1, 1)
         control = self.control_model(
             x_noisy.to(dtype), hint.to(x_noisy.device, dtype), self.model_sampling_current.timestep(t).to(dtype),
-            comfy.model_management.cast_to_device(context, x_noisy.device, dtype), frames, optimized_attention)
+            comfy.model_management.cast_to_device(context, x_noisy.device, dtype), len(window), optimized_attention)
         return self.control_merge(control, previous, output_dtype=None)
+
+
+class AnimateDiffLoadSparseCtrl(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffLoadSparseCtrl",
+            display_name="Load AnimateDiff SparseCtrl",
+            category="animatediff",
+            description="Loads a SparseCtrl encoder (v3_sd15_sparsectrl_rgb or _scribble, SD1.5; arXiv 2311.16933) as "
+                        "a ControlNet for the stock Apply ControlNet (Advanced) node: its image batch holds a few "
+                        "key frames (RGB images, or scribbles), placed at frame_indices; the encoder's motion "
+                        "modules carry them to the frames in between. The RGB encoder needs the VAE connected to "
+                        "Apply ControlNet. Works with AnimateDiff Context Windows (each window sees its own key "
+                        "frames).",
+            inputs=[
+                io.Combo.Input("sparsectrl_name", options=files.files_of_kind(files.SPARSECTRL_FOLDERS, "sparsectrl"),
+                               tooltip="A SparseCtrl file in models/controlnet or models/animatediff_models (only "
+                                       "SparseCtrl encoders are listed)."),
+                io.String.Input("frame_indices", default="",
+                                tooltip="The frame of each image of Apply ControlNet's batch, in order, counting "
+                                        "from 0; -1 is the last frame (e.g. 0, -1 for first and last). Empty: the "
+                                        "images are spread evenly from the first frame to the last."),
+            ],
+            outputs=[io.ControlNet.Output(tooltip="The SparseCtrl encoder, for Apply ControlNet (Advanced).")],
+        )
+
+    @classmethod
+    def execute(cls, sparsectrl_name, frame_indices):
+        return io.NodeOutput(load_sparsectrl(files.full_path(files.SPARSECTRL_FOLDERS, sparsectrl_name),
+                                             sparsectrl_name, parse_indices(frame_indices)))
+
+
+NODES = [AnimateDiffLoadSparseCtrl]

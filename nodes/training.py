@@ -1,7 +1,7 @@
 """Training the paper's three stages (and toy image models) on ComfyUI's own model machinery.
 
-The model to train is built by `patching.trainable` (LoRA weight wrappers on clones, the motion module attached
-as for sampling), and every step runs inside ComfyUI's sampling pipeline: `Guider_Basic.sample` loads the models
+The model to train is built by `trainable` (LoRA weight wrappers on clones, the motion module attached as for
+sampling), and every step runs inside ComfyUI's sampling pipeline: `Guider_Basic.sample` loads the models
 with their patches, injections and wrappers and calls a `Sampler` whose `sample` is the training loop. So the
 training forward is exactly the sampling forward, on the model's own noise schedule (`model_sampling`, the
 motion module's beta schedule when one is attached).
@@ -19,14 +19,17 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from comfy_api.latest import io
 from tqdm.auto import tqdm
 
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
+import folder_paths
 from comfy_extras.nodes_custom_sampler import Guider_Basic
 
-from . import patching
+from . import files, lora, motion
+from .trainable import trainable
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".gif", ".m4v")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -57,6 +60,17 @@ def read_videos(folder, width, height, stride=1):
     return videos
 
 
+def input_folder(relative):
+    """The folder `relative` names inside ComfyUI's input folder; anything outside it is refused."""
+    base = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(base, relative))
+    if os.path.commonpath([base, path]) != base:
+        raise files.AnimateDiffError(
+            f"video_folder '{relative}' is outside ComfyUI's input folder: put the videos in a folder inside the "
+            "input folder and give its path relative to it (e.g. videos/zoom).")
+    return path
+
+
 def fit(images, width, height):
     """IMAGE [n, h, w, 3] resized to cover width x height, centre-cropped to it."""
     scale = max(width / images.shape[2], height / images.shape[1])
@@ -85,7 +99,7 @@ class TrainingSampler(comfy.samplers.Sampler):
 
 def train(model, part, videos, positive, steps, learning_rate, clip_length, seed, motion_module=None, rank=64,
           precision="fp32", gradient_checkpointing=False, checkpoint=None, checkpoint_every=0, report=None):
-    """Train `part` (see patching.trainable) of `model` [with `motion_module`] on `videos` (VAE latents [n, c, h, w]) with
+    """Train `part` (see trainable) of `model` [with `motion_module`] on `videos` (VAE latents [n, c, h, w]) with
     the conditioning `positive`; returns ({file key: trained tensor}, [loss per step]).
 
     `checkpoint`: a path for the training state (weights, optimizer, step), written every `checkpoint_every`
@@ -98,7 +112,7 @@ def train(model, part, videos, positive, steps, learning_rate, clip_length, seed
                          f"{max(v.shape[0] for v in videos)}): lower clip_length or use longer videos.")
     losses, start = [], 0
     with torch.inference_mode(False), torch.enable_grad():
-        m, params = patching.trainable(model, motion_module, part, rank, seed, gradient_checkpointing)
+        m, params = trainable(model, motion_module, part, rank, seed, gradient_checkpointing)
         optimizer = torch.optim.AdamW(params.values(), lr=learning_rate)
         device = m.load_device
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -189,3 +203,93 @@ def free_name(folder, name):
     name = name[:-len(".safetensors")] if name.endswith(".safetensors") else name
     candidates = (f"{name}.safetensors" if i == 1 else f"{name}_{i}.safetensors" for i in range(1, 100000))
     return next(c for c in candidates if not os.path.exists(os.path.join(folder, c)))
+
+
+class AnimateDiffTrainMotionLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AnimateDiffTrainMotionLoRA",
+            display_name="Train AnimateDiff MotionLoRA",
+            category="animatediff/training",
+            description="Trains a MotionLoRA (a camera move such as a zoom or pan) from reference videos: LoRAs on "
+                        "the motion module's temporal attention (q, k, v, out) learn the move from contiguous clips "
+                        "in frame order, while the image model and the motion module stay frozen (the paper trains "
+                        "on 20-50 videos of one move, about 2,000 steps). The file is saved in the official "
+                        "MotionLoRA layout into models/animatediff_motion_lora; the output motion module already "
+                        "has it applied.",
+            inputs=[
+                io.Model.Input("model", tooltip="The image model the MotionLoRA is trained with (SD1.5 or SDXL, "
+                                                "with the domain adapter if the motion module is v3)."),
+                motion.Socket.Input("motion_module", tooltip="From Load AnimateDiff Motion Module: the module whose "
+                                                            "temporal attention learns the move (official "
+                                                            "MotionLoRAs use mm_sd_v15_v2)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE, to encode the reference frames."),
+                io.Conditioning.Input("positive", tooltip="The prompt the clips are trained with (CLIP Text "
+                                                          "Encode), e.g. a short description of the videos."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Optional: one reference video as a batch of frames in order (e.g. from "
+                                       "Load Image batch or a video loader)."),
+                io.String.Input("video_folder", default="", optional=True,
+                                tooltip="Optional: a folder of reference videos (.mp4, .webm, .mov, .avi, .mkv, "
+                                        ".gif), read with opencv; relative paths are under ComfyUI's input folder."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8,
+                             tooltip="Frames are resized to cover width x height and centre-cropped."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8,
+                             tooltip="Frames are resized to cover width x height and centre-cropped."),
+                io.Int.Input("rank", default=64, min=1, max=1024, tooltip="LoRA rank (official MotionLoRAs: 64)."),
+                io.Int.Input("steps", default=500, min=1, max=100000,
+                             tooltip="Training steps, one clip each (the paper: about 2,000 on a GPU)."),
+                io.Float.Input("learning_rate", default=0.0001, min=0.0000001, max=1.0, step=0.0000001,
+                               tooltip="AdamW learning rate (AnimateDiff's MotionLoRA training: 1e-4)."),
+                io.Int.Input("clip_length", default=16, min=2, max=64,
+                             tooltip="Contiguous frames per training clip; at most the motion module's frame "
+                                     "positions (16 as in the paper)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                             tooltip="Seed for the LoRA's initial weights and for the clips, timesteps and noise."),
+                io.String.Input("output_name", default="motion_lora",
+                                tooltip="File name in models/animatediff_motion_lora (.safetensors is added; an "
+                                        "existing file is never overwritten: a number is appended)."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="fp32",
+                               tooltip="Autocast dtype of the forward: fp32, or bf16/fp16 on GPUs to save memory "
+                                       "and time (the LoRA weights stay fp32)."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute the UNet's blocks in the backward pass instead of keeping "
+                                         "their activations: about a quarter of the memory for 1.5x the time."),
+            ],
+            outputs=[motion.Socket.Output(tooltip="The motion module with the trained MotionLoRA applied at "
+                                                 "strength 1."),
+                     io.String.Output(display_name="lora_name", tooltip="The saved file's name, for Load "
+                                                                        "AnimateDiff MotionLoRA.")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, motion_module, vae, positive, width, height, rank, steps, learning_rate, clip_length,
+                seed, output_name, precision="fp32", gradient_checkpointing=False, images=None, video_folder=""):
+        videos = [] if images is None else [fit(images, width, height)]
+        if video_folder.strip():
+            videos += read_videos(input_folder(video_folder.strip()), width, height)
+        if not videos:
+            raise ValueError("Train AnimateDiff MotionLoRA needs reference clips: connect images (a batch of frames "
+                             "in order) or set video_folder to a folder of videos.")
+        from server import PromptServer
+
+        def report(step, loss):  # the loss, shown on the node
+            PromptServer.instance.send_progress_text(f"step {step}/{steps}, loss {loss:.4f}", cls.hidden.unique_id)
+
+        weights, losses = train(model, "motion_lora", encode(vae, videos), positive, steps,
+                                         learning_rate, clip_length, seed, motion_module=motion_module, rank=rank,
+                                         precision=precision, gradient_checkpointing=gradient_checkpointing,
+                                         report=report)
+        folder = folder_paths.get_folder_paths(files.MOTION_LORAS)[0]
+        name = free_name(folder, output_name)
+        path = save(weights, os.path.join(folder, name),
+                             motion_module=motion_module.name, rank=rank, steps=steps,
+                             learning_rate=learning_rate, clip_length=clip_length, seed=seed,
+                             final_loss=f"{losses[-1]:.6f}")
+        return io.NodeOutput(lora.load_motion_lora(motion_module, path, name, 1.0), name)
+
+
+NODES = [AnimateDiffTrainMotionLoRA]

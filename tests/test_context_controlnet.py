@@ -117,14 +117,15 @@ def test_one_window_over_all_frames_equals_no_windows(comfy, files, sd15_ad_chec
 
 def test_t2i_adapter_gets_window_hints_and_is_restored_after_cancel(comfy, files, tmp_path):
     import nodes
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     channels = (32, 64, 128, 128)
     builders.save_file(builders.t2i_adapter_sd(c=32), os.path.join(comfy.models, "controlnet", "cw_t2i.safetensors"))
     path = builders.save_file(builders.motion_module_sd("v2", channels=channels), str(tmp_path / "mm.safetensors"))
-    motion = patching.load_motion_module(path, "mm.safetensors")
-    model = patching.apply_context_windows(
-        patching.apply_motion_module(comfy_models.tiny_sd15_model(channels=channels), motion, "autoselect", 1, 1),
-        16, 4, "standard_static", 1, False, "pyramid", False)
+    motion = pack_nodes.motion.load_motion_module(path, "mm.safetensors")
+    model = pack_nodes.context_windows.apply(
+        pack_nodes.motion.apply_motion_module(comfy_models.tiny_sd15_model(channels=channels), motion, "autoselect", 1, 1),
+        context_length=16, context_overlap=4, context_schedule="standard_static", context_stride=1,
+        closed_loop=False, fuse_method="pyramid", freenoise=False)
     (adapter,) = nodes.ControlNetLoader().load_controlnet("cw_t2i.safetensors")
     hints = builders.hint_frames(40, 32, 48)
     g = torch.Generator().manual_seed(0)
@@ -153,7 +154,7 @@ def test_t2i_adapter_gets_window_hints_and_is_restored_after_cancel(comfy, files
         if len(seen) == 2:
             model_management.interrupt_current_processing(True)
 
-    hook = motion.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(cancel_in_second_window)
+    hook = motion.patcher.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(cancel_in_second_window)
     try:
         with pytest.raises(model_management.InterruptProcessingException):
             run()

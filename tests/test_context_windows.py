@@ -31,21 +31,21 @@ def context_windows(comfy):
 
 
 @pytest.fixture(scope="module")
-def motion_module(patching, tmp_path_factory):
+def motion_module(pack_nodes, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("cw") / "v2.safetensors")
     builders.save_file(builders.motion_module_sd("v2", channels=CHANNELS, seed=3), path)
-    return patching.load_motion_module(path, "v2.safetensors")
+    return pack_nodes.motion.load_motion_module(path, "v2.safetensors")
 
 
-def animated(patching, motion_module, windows=None, **context):
+def animated(pack_nodes, motion_module, windows=None, **context):
     """tiny UNet -> motion module -> (context windows), as the nodes chain them."""
-    m = patching.apply_motion_module(comfy_models.tiny_sd15_model(channels=CHANNELS), motion_module,
+    m = pack_nodes.motion.apply_motion_module(comfy_models.tiny_sd15_model(channels=CHANNELS), motion_module,
                                      "autoselect", 1.0, 1.0)
     if windows is not None:
         settings = dict(context_length=16, context_overlap=4, context_schedule="standard_static", context_stride=1,
                         closed_loop=False, fuse_method="pyramid", freenoise=True)
         settings.update(context)
-        m = patching.apply_context_windows(m, **settings)
+        m = pack_nodes.context_windows.apply(m, **settings)
     return m
 
 
@@ -85,8 +85,9 @@ SCHEDULE_CASES = [(schedule, length, overlap, stride, loop)
 @pytest.mark.parametrize("schedule, length, overlap, stride, loop", SCHEDULE_CASES)
 def test_every_frame_is_in_a_window_on_every_step(context_windows, schedule, length, overlap, stride, loop):
     handler = context_windows.AnimateDiffContextHandler(
-        comfy.context_windows.get_matching_context_schedule(schedule),
-        comfy.context_windows.get_matching_fuse_method("pyramid"), length, overlap, stride, loop, False)
+        context_schedule=comfy.context_windows.get_matching_context_schedule(schedule),
+        fuse_method=comfy.context_windows.get_matching_fuse_method("pyramid"), context_length=length,
+        context_overlap=overlap, context_stride=stride, closed_loop=loop, freenoise=False)
     for frames in range(1, 301):
         for step in range(4):
             windows = handler.plan(frames, step)
@@ -102,12 +103,12 @@ def test_every_frame_is_in_a_window_on_every_step(context_windows, schedule, len
 
 # ------------------------------------------------------------------------------------- windows in sampling
 
-def test_motion_module_sees_each_window_as_its_clip(patching, motion_module, caplog):
+def test_motion_module_sees_each_window_as_its_clip(pack_nodes, motion_module, caplog):
     frames = 40
-    m = animated(patching, motion_module, windows=True)
+    m = animated(pack_nodes, motion_module, windows=True)
     calls = record_unet_calls(m)
     seen = []
-    hook = motion_module.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(
+    hook = motion_module.patcher.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(
         lambda module, args: seen.append((args[0].shape[0], args[1])))
     try:
         with caplog.at_level(logging.INFO):
@@ -129,15 +130,15 @@ def test_motion_module_sees_each_window_as_its_clip(patching, motion_module, cap
                       "overlap 4, pyramid fuse: [0-15] [12-27] [24-39]"]
 
 
-def test_windows_covering_all_frames_equal_no_windows(patching, motion_module):
-    plain = sample(animated(patching, motion_module), 16, seed=4)
-    windowed = sample(animated(patching, motion_module, windows=True, context_length=16), 16, seed=4)
+def test_windows_covering_all_frames_equal_no_windows(pack_nodes, motion_module):
+    plain = sample(animated(pack_nodes, motion_module), 16, seed=4)
+    windowed = sample(animated(pack_nodes, motion_module, windows=True, context_length=16), 16, seed=4)
     assert torch.equal(plain, windowed)
 
 
-def test_per_frame_conditioning_is_sliced_to_the_window(patching, motion_module):
+def test_per_frame_conditioning_is_sliced_to_the_window(pack_nodes, motion_module):
     frames = 28
-    m = animated(patching, motion_module, windows=True, freenoise=False)
+    m = animated(pack_nodes, motion_module, windows=True, freenoise=False)
     calls = record_unet_calls(m)
     g = torch.Generator().manual_seed(100)
     per_frame = torch.randn(frames, TOKENS, 768, generator=g)  # sample() draws the same positive first
@@ -160,7 +161,7 @@ def freenoise_reference(noise, length, overlap, seed):
     return noise
 
 
-def test_freenoise_gives_every_window_the_first_windows_noises(patching, motion_module, pack):
+def test_freenoise_gives_every_window_the_first_windows_noises(pack_nodes, motion_module, pack):
     compat = pack.nodes.compat
     frames, length, overlap = 40, 16, 4
     noise = comfy.sample.prepare_noise(torch.zeros(frames, 4, HEIGHT, WIDTH), 7)
@@ -180,7 +181,7 @@ def test_freenoise_gives_every_window_the_first_windows_noises(patching, motion_
 
     # through sampling: the first step's input carries FreeNoise's noise; off, plain noise
     for enabled in (True, False):
-        m = animated(patching, motion_module, windows=True, freenoise=enabled)
+        m = animated(pack_nodes, motion_module, windows=True, freenoise=enabled)
         calls = record_unet_calls(m)
         sample(m, frames, seed=7, steps=1)
         first = torch.empty(frames, 4, HEIGHT, WIDTH)
@@ -193,32 +194,34 @@ def test_freenoise_gives_every_window_the_first_windows_noises(patching, motion_
 
 # ---------------------------------------------------------------------------------------------- errors
 
-def test_context_length_above_the_positions_is_refused(patching, motion_module):
-    with pytest.raises(patching.MotionModuleError, match="context_length 40 is more than the 32 frame positions"):
-        sample(animated(patching, motion_module, windows=True, context_length=40, context_overlap=4), 48, steps=1)
+def test_context_length_above_the_positions_is_refused(pack_nodes, motion_module):
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match="context_length 40 is more than the 32 frame positions"):
+        sample(animated(pack_nodes, motion_module, windows=True, context_length=40, context_overlap=4), 48, steps=1)
 
 
-def test_overlap_must_be_smaller_than_length(patching, motion_module):
-    with pytest.raises(patching.MotionModuleError, match=r"context_overlap \(16\) must be smaller"):
-        animated(patching, motion_module, windows=True, context_overlap=16)
+def test_overlap_must_be_smaller_than_length(pack_nodes, motion_module):
+    with pytest.raises(pack_nodes.files.AnimateDiffError, match=r"context_overlap \(16\) must be smaller"):
+        animated(pack_nodes, motion_module, windows=True, context_overlap=16)
 
 
-def test_comfyui_manual_context_windows_are_named_in_the_error(patching, motion_module, pack):
+def test_comfyui_manual_context_windows_are_named_in_the_error(pack_nodes, motion_module, pack):
     import comfy_extras.nodes_context_windows as core
     compat = pack.nodes.compat
     m = core.ContextWindowsManualNode.execute(
-        animated(patching, motion_module), context_length=16, context_overlap=4, context_schedule="standard_static",
+        animated(pack_nodes, motion_module), context_length=16, context_overlap=4, context_schedule="standard_static",
         context_stride=1, closed_loop=False, fuse_method="pyramid", dim=0,
         **compat.taken(core.ContextWindowsManualNode.execute, freenoise=False)).result[0]  # 0.33 added freenoise
-    with pytest.raises(patching.MotionModuleError, match="put AnimateDiff Context Windows after .*instead of "
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match="put AnimateDiff Context Windows after .*instead of "
                                                          r"ComfyUI's Context Windows \(Manual\)"):
         sample(m, 40, steps=1)
 
 
-def test_cancel_between_windows_leaves_the_model_clean(patching, motion_module):
+def test_cancel_between_windows_leaves_the_model_clean(pack_nodes, motion_module):
     base = comfy_models.tiny_sd15_model(channels=CHANNELS)
-    m = patching.apply_context_windows(patching.apply_motion_module(base, motion_module, "autoselect", 1.0, 1.0),
-                                       16, 4, "standard_static", 1, False, "pyramid", True)
+    m = pack_nodes.context_windows.apply(
+        pack_nodes.motion.apply_motion_module(base, motion_module, "autoselect", 1.0, 1.0), context_length=16,
+        context_overlap=4, context_schedule="standard_static", context_stride=1, closed_loop=False,
+        fuse_method="pyramid", freenoise=True)
     calls = []
 
     def cancel_after_two_windows(module, args):
@@ -226,7 +229,7 @@ def test_cancel_between_windows_leaves_the_model_clean(patching, motion_module):
         if len(calls) == 2:
             comfy.model_management.interrupt_current_processing(True)
 
-    hook = motion_module.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(cancel_after_two_windows)
+    hook = motion_module.patcher.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(cancel_after_two_windows)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             sample(m, 40, steps=2)
@@ -243,8 +246,9 @@ def test_per_frame_model_conds_and_masks_are_sliced(context_windows):
     single-item cond stays whole."""
     import comfy.conds
     handler = context_windows.AnimateDiffContextHandler(
-        comfy.context_windows.get_matching_context_schedule("standard_static"),
-        comfy.context_windows.get_matching_fuse_method("pyramid"), 16, 4, 1, False, False)
+        context_schedule=comfy.context_windows.get_matching_context_schedule("standard_static"),
+        fuse_method=comfy.context_windows.get_matching_fuse_method("pyramid"), context_length=16,
+        context_overlap=4, context_stride=1, closed_loop=False, freenoise=False)
     frames = 40
     x = torch.randn(frames, 4, HEIGHT, WIDTH)
     concat, mask, text = torch.randn(frames, 5, HEIGHT, WIDTH), torch.rand(frames, HEIGHT, WIDTH), torch.randn(1, 3, 8)
@@ -280,17 +284,18 @@ def test_set_step_is_repaired_exactly_where_core_misses_the_step(context_windows
     ours = context_windows.AnimateDiffContextHandler
     assert (ours.set_step is comfy.context_windows.IndexListContextHandler.set_step) == core_steps
     assert pack.nodes.compat.STEPS_FROM_FRAME_BATCH == core_steps
-    handler = ours(comfy.context_windows.get_matching_context_schedule("standard_uniform"),
-                   comfy.context_windows.get_matching_fuse_method("pyramid"), 16, 4, 1, False, False)
+    handler = ours(context_schedule=comfy.context_windows.get_matching_context_schedule("standard_uniform"),
+                   fuse_method=comfy.context_windows.get_matching_fuse_method("pyramid"), context_length=16,
+                   context_overlap=4, context_stride=1, closed_loop=False, freenoise=False)
     for timestep, step in ((2.0, 1), (1.5, 1), (1.0, 2), (3.0, 0)):  # 1.5: a substep keeps the step
         handler.set_step(torch.full((40,), timestep), SIGMAS)
         assert handler._step == step, timestep
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpmpp_2s_ancestral"])
-def test_samplers_with_substeps_run_in_windows(patching, motion_module, sampler):
+def test_samplers_with_substeps_run_in_windows(pack_nodes, motion_module, sampler):
     """Their model calls between two sigmas must not fail the step lookup (core 0.3.75's raises there)."""
-    m = animated(patching, motion_module, windows=True, context_schedule="standard_uniform")
+    m = animated(pack_nodes, motion_module, windows=True, context_schedule="standard_uniform")
     calls = record_unet_calls(m)
     latent = torch.zeros(24, 4, HEIGHT, WIDTH)
     positive = [[torch.randn(1, TOKENS, 768, generator=torch.Generator().manual_seed(1)), {}]]
@@ -324,7 +329,8 @@ def test_core_uniform_schedules_with_a_stride_still_need_the_repair(context_wind
     or hold a frame twice; the subclass's windows (test_every_frame_is_in_a_window_on_every_step) do not."""
     core = comfy.context_windows
     handler = context_windows.AnimateDiffContextHandler(
-        core.get_matching_context_schedule(schedule), core.get_matching_fuse_method("pyramid"), 16, 4, 3, False, False)
+        context_schedule=core.get_matching_context_schedule(schedule), fuse_method=core.get_matching_fuse_method("pyramid"),
+        context_length=16, context_overlap=4, context_stride=3, closed_loop=False, freenoise=False)
     broken = handler.context_schedule.func(frames, handler, {})  # core's windows at step 0
     faults = {"past the last frame": any(i >= frames for w in broken for i in w),
               "a frame twice": any(len(set(w)) < len(w) for w in broken)}
@@ -352,32 +358,8 @@ def test_core_gives_every_window_the_first_hint_frames_so_the_callback_gives_eac
     assert resized["control"] is control and control.cond_hint_original is hint
     fed = comfy.controlnet.broadcast_image_to(hint, 2 * 16, 2)  # a window's cond + uncond batch
     assert fed[:16, 0, 0, 0].tolist() == list(range(16))  # frames 0-15, not the window's 12-27
-    ours = context_windows.AnimateDiffContextHandler(core.context_schedule, core.fuse_method, 16, 4, 1, False, False)
+    ours = context_windows.AnimateDiffContextHandler(context_schedule=core.context_schedule, fuse_method=core.fuse_method,
+                                                     context_length=16, context_overlap=4, context_stride=1,
+                                                     closed_loop=False, freenoise=False)
     ours.enter_window(ours, None, x, conds, None, {"transformer_options": {}}, 1, window)
     assert control.cond_hint_original[:, 0, 0, 0].tolist() == list(range(12, 28)) and ours.hints[control] is hint
-
-
-def test_without_comfyui_context_windows_the_pack_loads_and_the_node_says_what_to_update(comfy):
-    """On a ComfyUI without comfy.context_windows: the pack loads, its other nodes work, the node names the fix."""
-    import subprocess
-    import sys
-    from conftest import COMFYUI_DIR, REPO_DIR
-    script = f"""
-import asyncio, sys
-sys.path.insert(0, {COMFYUI_DIR!r})
-from comfy.cli_args import args
-args.cpu = True
-import utils.install_util, nodes
-sys.modules["comfy.context_windows"] = None  # as on a ComfyUI that lacks it
-assert asyncio.run(nodes.load_custom_node({REPO_DIR!r}))
-cls = nodes.NODE_CLASS_MAPPINGS["AnimateDiffContextWindows"]
-assert "AnimateDiffApplyMotionModule" in nodes.NODE_CLASS_MAPPINGS
-try:
-    cls.execute(None, 16, 4, "standard_static", 1, False, "pyramid", True)
-except ValueError as e:
-    print("ERROR:", e)
-"""
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=COMFYUI_DIR, timeout=300)
-    assert ("ERROR: AnimateDiff Context Windows needs ComfyUI's context windows (comfy.context_windows), which this "
-            "ComfyUI does not have: update ComfyUI (this pack is tested on ComfyUI 0.3.75 and 0.33.0)") in out.stdout, \
-        out.stderr[-3000:]

@@ -29,19 +29,19 @@ def animatediff_layout(sd):
                                                  (".safetensors", torch.float16, False),
                                                  (".ckpt", torch.float32, True), (".ckpt", torch.float16, False)])
 def test_tiny_files_load_with_their_structure(comfy, tmp_path, fmt, ext, dtype, wrapper):
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     sd = builders.motion_module_sd(fmt, channels=TINY[family(fmt)], dtype=dtype)
     path = str(tmp_path / f"mm{ext}")
     builders.save_file(sd, path, wrapper=wrapper, extra={"animatediff_config": "{}"} if ext == ".ckpt" else None)
-    patcher = patching.load_motion_module(path, "mm" + ext)
-    info = patcher.model.info
+    motion = pack_nodes.motion.load_motion_module(path, "mm" + ext)
+    info = motion.info
     channels = TINY[family(fmt)]
     assert (info.format, info.family, info.pe_rows) == (DETECTED[fmt], family(fmt), POSITIONS[fmt])
     assert info.down == tuple((c, 2) for c in channels) and info.up == tuple((c, 3) for c in channels[::-1])
     assert info.mid == (channels[-1] if fmt in builders.MID_FORMATS else None)
     assert (info.transformer_blocks, info.attention_blocks) == (1, 2)
     assert info.norm_across_frames == (fmt == "sdxl_beta") and info.unet_norm_across_frames == (fmt == "v1")
-    loaded = patcher.model.state_dict()
+    loaded = motion.patcher.model.state_dict()
     for key, value in animatediff_layout(sd).items():
         assert torch.equal(loaded[key].to(value.dtype), value), key
     pe = loaded["down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"]
@@ -51,14 +51,15 @@ def test_tiny_files_load_with_their_structure(comfy, tmp_path, fmt, ext, dtype, 
 @pytest.mark.slow
 def test_full_size_files_load(comfy, tmp_path):
     """Every format at its real size, with the documented parameter counts (one file on disk at a time)."""
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     for fmt in builders.FORMATS:
         sd = builders.motion_module_sd(fmt, dtype=torch.float16)
         path = str(tmp_path / f"{fmt}.safetensors")
         builders.save_file(sd, path)
         del sd
-        model = patching.load_motion_module(path, fmt).model
-        assert (model.info.format, model.info.pe_rows) == (DETECTED[fmt], POSITIONS[fmt])
+        motion = pack_nodes.motion.load_motion_module(path, fmt)
+        model = motion.patcher.model
+        assert (motion.info.format, motion.info.pe_rows) == (DETECTED[fmt], POSITIONS[fmt])
         params = sum(v.numel() for k, v in model.state_dict().items() if not k.endswith("pos_encoder.pe"))
         assert params == PARAMS[fmt], fmt
         del model
@@ -81,8 +82,8 @@ def test_other_files_are_refused_saying_what_they_are(comfy, tmp_path, kind):
     make, says = NOT_MOTION_MODULES[kind]
     path = str(tmp_path / f"{kind}.safetensors")
     builders.save_file(make(), path)
-    with pytest.raises(comfy.pack.nodes.patching.MotionModuleError) as failure:
-        comfy.pack.nodes.patching.load_motion_module(path, f"{kind}.safetensors")
+    with pytest.raises(comfy.pack.nodes.motion.MotionModuleError) as failure:
+        comfy.pack.nodes.motion.load_motion_module(path, f"{kind}.safetensors")
     assert "is not a motion module" in str(failure.value) and says in str(failure.value)
 
 

@@ -127,19 +127,19 @@ def test_domain_adapter_changes_sampling_and_leaves_nothing_patched(comfy, files
 
 
 def test_mid_block_entries_are_skipped_on_a_module_without_one(comfy, files, caplog):
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     mm = os.path.join(files, "animatediff_models")
-    v3 = patching.load_motion_module(os.path.join(mm, "lora_v3.safetensors"), "lora_v3.safetensors")
+    v3 = pack_nodes.motion.load_motion_module(os.path.join(mm, "lora_v3.safetensors"), "lora_v3.safetensors")
     with caplog.at_level(logging.INFO):
-        patched = patching.load_motion_lora(v3, os.path.join(files, "animatediff_motion_lora", "zoom.ckpt"),
+        patched = pack_nodes.lora.load_motion_lora(v3, os.path.join(files, "animatediff_motion_lora", "zoom.ckpt"),
                                             "zoom.ckpt", 1.0)
     # 21 modules x 2 attention blocks x q, k, v, out; v3 has no mid block: its 8 are skipped
-    assert len(patched.patches) == 160 and not v3.patches
+    assert len(patched.patcher.patches) == 160 and not v3.patcher.patches
     assert "zoom.ckpt at strength 1 on lora_v3.safetensors: 160 of 168 LoRA weights applied; 8 mid-block weights " \
            "skipped (this v3 module has no mid block)" in caplog.text
-    v2 = patching.load_motion_module(os.path.join(mm, "lora_v2.safetensors"), "lora_v2.safetensors")
-    assert len(patching.load_motion_lora(v2, os.path.join(files, "animatediff_motion_lora", "zoom.ckpt"),
-                                         "zoom.ckpt", 1.0).patches) == 168
+    v2 = pack_nodes.motion.load_motion_module(os.path.join(mm, "lora_v2.safetensors"), "lora_v2.safetensors")
+    assert len(pack_nodes.lora.load_motion_lora(v2, os.path.join(files, "animatediff_motion_lora", "zoom.ckpt"),
+                                         "zoom.ckpt", 1.0).patcher.patches) == 168
 
 
 def test_motion_lora_for_other_channels_fails_in_the_prompt(comfy, files, sd15_ad_checkpoint):
@@ -150,10 +150,10 @@ def test_motion_lora_for_other_channels_fails_in_the_prompt(comfy, files, sd15_a
 
 
 def test_motion_lora_on_an_sdxl_module_is_refused(comfy, files):
-    patching = comfy.pack.nodes.patching
-    sdxl = patching.load_motion_module(os.path.join(files, "animatediff_models", "lora_sdxl.safetensors"), "sdxl")
-    with pytest.raises(patching.MotionModuleError, match="made for another"):
-        patching.load_motion_lora(sdxl, os.path.join(files, "animatediff_motion_lora", "zoom.ckpt"), "zoom.ckpt", 1)
+    pack_nodes = comfy.pack.nodes
+    sdxl = pack_nodes.motion.load_motion_module(os.path.join(files, "animatediff_models", "lora_sdxl.safetensors"), "sdxl")
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match="made for another"):
+        pack_nodes.lora.load_motion_lora(sdxl, os.path.join(files, "animatediff_motion_lora", "zoom.ckpt"), "zoom.ckpt", 1)
 
 
 @pytest.mark.parametrize("folder, name, wanted, says", [
@@ -170,16 +170,16 @@ def test_motion_lora_on_an_sdxl_module_is_refused(comfy, files):
      "is an AnimateDiff motion module"),
 ])
 def test_a_file_of_another_kind_says_what_it_is_and_where_it_goes(comfy, files, folder, name, wanted, says):
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     path = os.path.join(files, folder, name)
-    with pytest.raises(patching.MotionModuleError) as failure:
+    with pytest.raises(pack_nodes.motion.MotionModuleError) as failure:
         if wanted == "a MotionLoRA":
-            v2 = patching.load_motion_module(os.path.join(files, "animatediff_models", "lora_v2.safetensors"), "v2")
-            patching.load_motion_lora(v2, path, name, 1.0)
+            v2 = pack_nodes.motion.load_motion_module(os.path.join(files, "animatediff_models", "lora_v2.safetensors"), "v2")
+            pack_nodes.lora.load_motion_lora(v2, path, name, 1.0)
         else:
             import nodes
             model = nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15_ad.safetensors")[0]
-            patching.apply_domain_adapter(model, path, name, 1.0)
+            pack_nodes.lora.apply_domain_adapter(model, path, name, 1.0)
     message = str(failure.value)
     assert f"'{name}' is not {wanted}" in message and says in message, message
 
@@ -189,23 +189,23 @@ def test_full_size_motion_lora_and_adapter_apply(comfy, tmp_path):
     """Official shapes: a rank-64 MotionLoRA on a full-size v2 module, the rank-128 adapter on SD1.5's UNet."""
     from comfy import model_management
     import comfy_models
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     builders.save_file(builders.motion_module_sd("v2", dtype=torch.float16), str(tmp_path / "mm.safetensors"))
     builders.save_file(builders.motion_lora_sd(), str(tmp_path / "lora.ckpt"))
-    module = patching.load_motion_module(str(tmp_path / "mm.safetensors"), "mm")
-    patched = patching.load_motion_lora(module, str(tmp_path / "lora.ckpt"), "lora.ckpt", 0.5)
-    assert len(patched.patches) == 168
+    module = pack_nodes.motion.load_motion_module(str(tmp_path / "mm.safetensors"), "mm")
+    patched = pack_nodes.lora.load_motion_lora(module, str(tmp_path / "lora.ckpt"), "lora.ckpt", 0.5)
+    assert len(patched.patcher.patches) == 168
     key = "mid_block.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_out.0.weight"
-    before = module.model.state_dict()[key].clone()
-    model_management.load_models_gpu([patched])
-    assert not torch.equal(module.model.state_dict()[key], before)
+    before = module.patcher.model.state_dict()[key].clone()
+    model_management.load_models_gpu([patched.patcher])
+    assert not torch.equal(module.patcher.model.state_dict()[key], before)
     model_management.unload_all_models()
-    assert torch.equal(module.model.state_dict()[key], before)
+    assert torch.equal(module.patcher.model.state_dict()[key], before)
     del module, patched
 
     builders.save_file(builders.v3_adapter_sd(), str(tmp_path / "adapter.ckpt"))
     unet = comfy_models.tiny_sd15_model(channels=(320, 640, 1280, 1280), dtype=torch.float16)  # SD1.5's UNet
-    adapted = patching.apply_domain_adapter(unet, str(tmp_path / "adapter.ckpt"), "adapter", 1.0)
+    adapted = pack_nodes.lora.apply_domain_adapter(unet, str(tmp_path / "adapter.ckpt"), "adapter", 1.0)
     assert len(adapted.patches) == 128
     key = "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_v.weight"  # up_blocks.3.attentions.2
     before = unet.model.state_dict()[key].clone()
@@ -217,21 +217,21 @@ def test_full_size_motion_lora_and_adapter_apply(comfy, tmp_path):
 
 def test_a_full_adapter_on_a_model_without_those_transformers_is_refused(comfy, files, sd15_ad_checkpoint, tmp_path):
     import nodes
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     path = builders.save_file(builders.v3_adapter_sd(rank=RANK, channels=SD15_AD), str(tmp_path / "full.ckpt"))
     model = nodes.CheckpointLoaderSimple().load_checkpoint(sd15_ad_checkpoint)[0]
-    with pytest.raises(patching.MotionModuleError, match="80 LoRA entries of 'full.ckpt' .* match no weight of this "
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match="80 LoRA entries of 'full.ckpt' .* match no weight of this "
                                                          "SD1.5 UNet: it was made for another model"):
-        patching.apply_domain_adapter(model, path, "full.ckpt", 1.0)
+        pack_nodes.lora.apply_domain_adapter(model, path, "full.ckpt", 1.0)
 
 
 def test_a_motion_lora_that_matches_nothing_is_an_error(comfy, files, tmp_path):
     """Keys of another layout (here Hotshot-XL's temporal_attentions naming): nothing to apply is an error."""
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     sd = {k.replace(".motion_modules.", ".temporal_attentions.").replace("temporal_transformer.", ""): v
           for k, v in builders.motion_lora_sd(SD15_AD, rank=RANK).items()}
     path = builders.save_file(sd, str(tmp_path / "other_layout.safetensors"))
-    v2 = patching.load_motion_module(os.path.join(files, "animatediff_models", "lora_v2.safetensors"), "lora_v2")
-    with pytest.raises(patching.MotionModuleError, match=r"None of the 336 tensors of 'other_layout' \(such as "
+    v2 = pack_nodes.motion.load_motion_module(os.path.join(files, "animatediff_models", "lora_v2.safetensors"), "lora_v2")
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match=r"None of the 336 tensors of 'other_layout' \(such as "
                                                          r"'down_blocks.0.temporal_attentions.0.transformer_blocks"):
-        patching.load_motion_lora(v2, path, "other_layout", 1.0)
+        pack_nodes.lora.load_motion_lora(v2, path, "other_layout", 1.0)

@@ -7,11 +7,11 @@ PEFT's names is written out here (`motion_lora_to_peft`, `adapter_to_peft`), ind
 
 * MotionLoRA: the motion module file is loaded by diffusers (`MotionAdapter.from_single_file`, as in
   test_module_oracle) and put into a `UNetMotionModel` (`from_unet2d` on a tiny random UNet2DConditionModel with
-  the module's channels; only its motion modules are compared). Ours: `patching.load_motion_lora` on the patcher
-  of `patching.load_motion_module`, weights read after ComfyUI loads the patcher (`load_models_gpu`).
+  the module's channels; only its motion modules are compared). Ours: `pack_nodes.lora.load_motion_lora` on the patcher
+  of `pack_nodes.motion.load_motion_module`, weights read after ComfyUI loads the patcher (`load_models_gpu`).
 * Domain adapter: a tiny SD1.5 ComfyUI UNet (comfy_models, spatial transformers where SD1.5 has them) and the same
   weights in a diffusers `UNet2DConditionModel` (ComfyUI's own name map `comfy.utils.unet_to_diffusers`). Ours:
-  `patching.apply_domain_adapter`.
+  `pack_nodes.lora.apply_domain_adapter`.
 
 Each oracle is first checked against the plain formula computed here from the file's tensors, so a wrong mapping
 (an entry PEFT silently left out, a projection swapped) fails there and not as a mystery in the comparison.
@@ -377,63 +377,63 @@ def module_outputs(patcher, fmt):
 
 @pytest.mark.usefixtures("no_loaded_models")
 @pytest.mark.parametrize("strength", STRENGTHS)
-def test_motion_lora_matches_peft(patching, files, motion_oracle, strength):
-    mm = patching.load_motion_module(files.module["v2"], "v2.safetensors")
-    before = snapshot(mm.model)
-    ours = patching.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", strength)
+def test_motion_lora_matches_peft(pack_nodes, files, motion_oracle, strength):
+    mm = pack_nodes.motion.load_motion_module(files.module["v2"], "v2.safetensors")
+    before = snapshot(mm.patcher.model)
+    ours = pack_nodes.lora.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", strength)
     assert ours is not mm
     expected, _ = motion_oracle("v2", [(0, strength)])
-    compare(f"MotionLoRA s={strength}", loaded_state(ours), before, expected, motion_targets(before))
-    assert_unpatched(mm.model, before)
+    compare(f"MotionLoRA s={strength}", loaded_state(ours.patcher), before, expected, motion_targets(before))
+    assert_unpatched(mm.patcher.model, before)
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_chained_motion_loras_match_peft(patching, files, motion_oracle):
+def test_chained_motion_loras_match_peft(pack_nodes, files, motion_oracle):
     """load_motion_lora on its own result: W + a * u1 @ d1 + b * u2 @ d2, against PEFT fusing both adapters with
     strengths a and b (PEFT merges them one after the other, as ComfyUI applies a key's patches in order). The
     patchers it was built from keep their own patches: the first LoRA alone, and the module with none."""
     a, b = CHAIN
-    mm = patching.load_motion_module(files.module["v2"], "v2.safetensors")
-    before = snapshot(mm.model)
-    first = patching.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", a)
-    both = patching.load_motion_lora(first, files.lora[1], "motion_lora_b.safetensors", b)
+    mm = pack_nodes.motion.load_motion_module(files.module["v2"], "v2.safetensors")
+    before = snapshot(mm.patcher.model)
+    first = pack_nodes.lora.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", a)
+    both = pack_nodes.lora.load_motion_lora(first, files.lora[1], "motion_lora_b.safetensors", b)
     targets = motion_targets(before)
     expected, _ = motion_oracle("v2", [(0, a), (1, b)])
-    compare(f"two MotionLoRAs a={a} b={b}", loaded_state(both), before, expected, targets)
+    compare(f"two MotionLoRAs a={a} b={b}", loaded_state(both.patcher), before, expected, targets)
     expected_first, _ = motion_oracle("v2", [(0, a)])
-    compare(f"first of the chain a={a}", loaded_state(first), before, expected_first, targets)
-    plain = loaded_state(mm)
+    compare(f"first of the chain a={a}", loaded_state(first.patcher), before, expected_first, targets)
+    plain = loaded_state(mm.patcher)
     assert all(torch.equal(plain[k], v) for k, v in before.items())
-    assert_unpatched(mm.model, before)
+    assert_unpatched(mm.patcher.model, before)
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_motion_lora_strength_zero_is_no_lora(patching, files):
+def test_motion_lora_strength_zero_is_no_lora(pack_nodes, files):
     """Strength 0: every module's output bit-identical to the module without the LoRA (and strength 0.7 differs)."""
-    mm = patching.load_motion_module(files.module["v2"], "v2.safetensors")
-    before = snapshot(mm.model)
-    plain = module_outputs(mm, "v2")
-    zero = module_outputs(patching.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", 0.0), "v2")
-    some = module_outputs(patching.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", 0.7), "v2")
+    mm = pack_nodes.motion.load_motion_module(files.module["v2"], "v2.safetensors")
+    before = snapshot(mm.patcher.model)
+    plain = module_outputs(mm.patcher, "v2")
+    zero = module_outputs(pack_nodes.lora.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", 0.0).patcher, "v2")
+    some = module_outputs(pack_nodes.lora.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", 0.7).patcher, "v2")
     for prefix, out in plain.items():
         assert torch.equal(zero[prefix], out), prefix
         assert (some[prefix] - out).abs().max() > MIN_DELTA, prefix
-    assert_unpatched(mm.model, before)
+    assert_unpatched(mm.patcher.model, before)
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_motion_lora_mid_entries_skipped_without_mid_block(patching, files, motion_oracle):
+def test_motion_lora_mid_entries_skipped_without_mid_block(pack_nodes, files, motion_oracle):
     """An official (v2-trained, mid-block) MotionLoRA on a v3 module (no mid block): every other entry applied
     as PEFT applies the LoRA without its mid entries."""
-    mm = patching.load_motion_module(files.module["v3"], "v3.safetensors")
-    before = snapshot(mm.model)
+    mm = pack_nodes.motion.load_motion_module(files.module["v3"], "v3.safetensors")
+    before = snapshot(mm.patcher.model)
     assert not any(k.startswith("mid_block.") for k in before)
-    ours = patching.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", 0.7)
+    ours = pack_nodes.lora.load_motion_lora(mm, files.lora[0], "motion_lora_a.ckpt", 0.7)
     expected, wrapped = motion_oracle("v3", [(0, 0.7)])
     targets = motion_targets(before)
     assert wrapped == len(targets) == 20 * 8
-    compare("MotionLoRA on v3 (mid skipped)", loaded_state(ours), before, expected, targets)
-    assert_unpatched(mm.model, before)
+    compare("MotionLoRA on v3 (mid skipped)", loaded_state(ours.patcher), before, expected, targets)
+    assert_unpatched(mm.patcher.model, before)
 
 
 def unet_inputs(seed=0):
@@ -454,11 +454,11 @@ def comfy_unet_output(patcher):
 
 @pytest.mark.usefixtures("no_loaded_models")
 @pytest.mark.parametrize("strength", STRENGTHS)
-def test_domain_adapter_matches_peft(patching, files, sd15_pair, adapter_oracle, strength):
+def test_domain_adapter_matches_peft(pack_nodes, files, sd15_pair, adapter_oracle, strength):
     make, _, names = sd15_pair
     model = make()
     before = snapshot(model.model)
-    ours = patching.apply_domain_adapter(model, files.adapter, "v3_adapter.ckpt", strength)
+    ours = pack_nodes.lora.apply_domain_adapter(model, files.adapter, "v3_adapter.ckpt", strength)
     assert ours is not model
     fused_sd, _ = adapter_oracle(strength)
     # the oracle's weights under ComfyUI's names (model.state_dict(): `diffusion_model.` + UNet key)
@@ -470,7 +470,7 @@ def test_domain_adapter_matches_peft(patching, files, sd15_pair, adapter_oracle,
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_domain_adapter_unet_output_matches_diffusers(patching, files, sd15_pair, adapter_oracle):
+def test_domain_adapter_unet_output_matches_diffusers(pack_nodes, files, sd15_pair, adapter_oracle):
     """End to end, independent of the key maps: the patched ComfyUI UNet's output equals the fused diffusers
     UNet's on the same input (a weight on the wrong projection or block would show here even if both sides used
     the same wrong name map). Tolerance: OUTPUT_TOL."""
@@ -483,7 +483,7 @@ def test_domain_adapter_unet_output_matches_diffusers(patching, files, sd15_pair
     with torch.no_grad():
         theirs = fused_unet(x, t, encoder_hidden_states=context).sample
         plain_theirs = unet(x, t, encoder_hidden_states=context).sample
-    ours = comfy_unet_output(patching.apply_domain_adapter(model, files.adapter, "v3_adapter.ckpt", 0.7))
+    ours = comfy_unet_output(pack_nodes.lora.apply_domain_adapter(model, files.adapter, "v3_adapter.ckpt", 0.7))
     plain = comfy_unet_output(model)
     torch.testing.assert_close(plain, plain_theirs, **OUTPUT_TOL)
     torch.testing.assert_close(ours, theirs, **OUTPUT_TOL)
@@ -494,12 +494,12 @@ def test_domain_adapter_unet_output_matches_diffusers(patching, files, sd15_pair
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_domain_adapter_strength_zero_is_no_adapter(patching, files, sd15_pair):
+def test_domain_adapter_strength_zero_is_no_adapter(pack_nodes, files, sd15_pair):
     make, _, _ = sd15_pair
     model = make()
     before = snapshot(model.model)
     plain = comfy_unet_output(model)
-    zero = comfy_unet_output(patching.apply_domain_adapter(model, files.adapter, "v3_adapter.ckpt", 0.0))
+    zero = comfy_unet_output(pack_nodes.lora.apply_domain_adapter(model, files.adapter, "v3_adapter.ckpt", 0.0))
     assert torch.equal(zero, plain)
     assert_unpatched(model.model, before)
 

@@ -1,7 +1,7 @@
 """Each motion module against two independent implementations.
 
 * diffusers' `MotionAdapter.from_single_file`, loaded from the same file the pack's loader reads (the pack's
-  module comes from `patching.load_motion_module`, the node's code path). diffusers normalises the motion
+  module comes from `pack_nodes.motion.load_motion_module`, the node's code path). diffusers normalises the motion
   module's GroupNorm across the frames of a clip, the original SD1.5 code per frame, so the inputs here are
   standardised per (frame, group) slice: both statistics are then identical and any difference is a bug.
 * `reference.py`, the format notes' forward math written out on plain tensors, on raw frame-varying input:
@@ -13,12 +13,15 @@ and the full positions table L.
 import functools
 import json
 import os
+import sys
 
 import pytest
 import torch
 
 import builders
-import reference
+
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch"))  # tests/torch/reference.py
+import reference  # noqa: E402
 
 SD15 = (32, 64, 64, 64)
 SDXL = (32, 64, 64)
@@ -111,21 +114,22 @@ def _state_dict(fmt):
 
 
 class Loaded:
-    def __init__(self, fmt, ours, sd, diffusers):
-        self.fmt, self.ours, self.sd, self.diffusers = fmt, ours, sd, diffusers
+    def __init__(self, fmt, ours, info, sd, diffusers):
+        self.fmt, self.ours, self.info, self.sd, self.diffusers = fmt, ours, info, sd, diffusers
 
 
 @pytest.fixture(scope="module")
 def loaded(comfy, workdir):
-    """fmt -> Loaded(ours: MotionModel from the node's loader, sd: AnimateDiff-layout tensors, diffusers)."""
-    patching = comfy.pack.nodes.patching
+    """fmt -> Loaded(ours: MotionModel from the node's loader, info: what its file is, sd: AnimateDiff-layout
+    tensors, diffusers)."""
+    pack_nodes = comfy.pack.nodes
     cache = {}
 
     def get(fmt):
         if fmt not in cache:
             sd = _state_dict(fmt)
             path = builders.save_file(sd, str(workdir / f"{fmt}.safetensors"))
-            ours = patching.load_motion_module(path, f"{fmt}.safetensors").model
+            motion = pack_nodes.motion.load_motion_module(path, f"{fmt}.safetensors")
             canonical = animatediff_layout(sd) if fmt == "hotshot" else sd
             # diffusers 0.35.2's single-file converter knows no `temporal_attentions` keys: on a Hotshot-XL file
             # it silently keeps random weights. Its oracle loads the same tensors under AnimateDiff names.
@@ -134,7 +138,7 @@ def loaded(comfy, workdir):
             adapter = diffusers_adapter(oracle_path, write_diffusers_config(str(workdir / f"config_{fmt}"), fmt))
             if fmt in FILE_DTYPE:
                 use_stored_positions(adapter, canonical)
-            cache[fmt] = Loaded(fmt, ours, canonical, adapter)
+            cache[fmt] = Loaded(fmt, motion.patcher.model, motion.info, canonical, adapter)
         return cache[fmt]
     return get
 
@@ -288,7 +292,7 @@ def test_raw_input_matches_reference(loaded, fmt):
     original code (per frame for v1/v2/v3/Hotshot/AnimateLCM/Lightning, across the clip for SDXL beta)."""
     got = loaded(fmt)
     across = fmt == "sdxl_beta"
-    assert got.ours.info.norm_across_frames is across
+    assert got.info.norm_across_frames is across
     for n, prefix in enumerate(locations(fmt)):
         c = got.sd[prefix + "norm.weight"].shape[0]
         frames = frame_counts(fmt)[n % 4]

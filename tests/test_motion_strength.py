@@ -15,11 +15,12 @@ from test_free_init import animation_prompt, over_http
 pytestmark = pytest.mark.usefixtures("no_loaded_models")
 
 
-def animated(patching, motion_module, windows=False, **schedules):  # noqa: F811
-    m = patching.apply_motion_module(comfy_models.tiny_sd15_model(channels=CHANNELS), motion_module, "autoselect",
+def animated(pack_nodes, motion_module, windows=False, **schedules):  # noqa: F811
+    m = pack_nodes.motion.apply_motion_module(comfy_models.tiny_sd15_model(channels=CHANNELS), motion_module, "autoselect",
                                      1.0, schedules.pop("effect", 1.0), **schedules)
     if windows:
-        m = patching.apply_context_windows(m, 16, 4, "standard_static", 1, False, "pyramid", False)
+        m = pack_nodes.context_windows.apply(m, context_length=16, context_overlap=4, context_schedule="standard_static", context_stride=1,
+                                             closed_loop=False, fuse_method="pyramid", freenoise=False)
     return m
 
 
@@ -35,7 +36,7 @@ def sample(m, frames, steps=1):
 def seen_by_the_first_module(motion_module, run):  # noqa: F811
     """(x, motion_scale, effect) of every call of the first down block's motion module during run()."""
     seen = []
-    hook = motion_module.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(
+    hook = motion_module.patcher.model.down_blocks[0].motion_modules[0].register_forward_pre_hook(
         lambda module, args: seen.append((args[0], args[3], args[4])))
     try:
         run()
@@ -44,28 +45,28 @@ def seen_by_the_first_module(motion_module, run):  # noqa: F811
     return seen
 
 
-def test_a_schedule_of_ones_is_the_scalar(patching, motion_module):  # noqa: F811
-    plain = sample(animated(patching, motion_module), 8)
-    assert torch.equal(sample(animated(patching, motion_module, effect_schedule=[1.0] * 8,
+def test_a_schedule_of_ones_is_the_scalar(pack_nodes, motion_module):  # noqa: F811
+    plain = sample(animated(pack_nodes, motion_module), 8)
+    assert torch.equal(sample(animated(pack_nodes, motion_module, effect_schedule=[1.0] * 8,
                                        motion_scale_schedule=torch.ones(8)), 8), plain)
 
 
-def test_frames_at_effect_zero_are_sampled_as_without_the_module(patching, motion_module):  # noqa: F811
+def test_frames_at_effect_zero_are_sampled_as_without_the_module(pack_nodes, motion_module):  # noqa: F811
     schedule = [0.0, 1.0] * 4
-    out = sample(animated(patching, motion_module, effect_schedule=schedule), 8)
-    without = sample(animated(patching, motion_module, effect=0.0), 8)
-    full = sample(animated(patching, motion_module), 8)
+    out = sample(animated(pack_nodes, motion_module, effect_schedule=schedule), 8)
+    without = sample(animated(pack_nodes, motion_module, effect=0.0), 8)
+    full = sample(animated(pack_nodes, motion_module), 8)
     assert torch.equal(out[0::2], without[0::2])
     assert not torch.allclose(out[1::2], without[1::2]) and not torch.allclose(out[1::2], full[1::2])
 
 
-def test_the_layers_get_each_frames_strength_in_context_windows(patching, motion_module):  # noqa: F811
+def test_the_layers_get_each_frames_strength_in_context_windows(pack_nodes, motion_module):  # noqa: F811
     frames = 28
     scale = torch.linspace(0.5, 2.0, frames)
     mask = torch.ones(frames, 8 * HEIGHT, 8 * WIDTH)
     mask[:, :, : 4 * WIDTH] = 0.0  # the left half of every frame
     mask *= torch.arange(frames).reshape(frames, 1, 1) / frames
-    m = animated(patching, motion_module, windows=True, motion_scale_schedule=scale, effect_schedule=mask)
+    m = animated(pack_nodes, motion_module, windows=True, motion_scale_schedule=scale, effect_schedule=mask)
     seen = seen_by_the_first_module(motion_module, lambda: sample(m, frames))
     windows = m.model_options["context_handler"].plan(frames)
     assert len(seen) == len(windows) == 2
@@ -78,19 +79,19 @@ def test_the_layers_get_each_frames_strength_in_context_windows(patching, motion
         torch.testing.assert_close(motion_scale[:, :, 0], scale[window].expand(2 * h * w, f), rtol=0, atol=0)
 
 
-def test_one_mask_for_all_frames(patching, motion_module):  # noqa: F811
+def test_one_mask_for_all_frames(pack_nodes, motion_module):  # noqa: F811
     mask = torch.ones(1, 8 * HEIGHT, 8 * WIDTH)
     mask[:, : 4 * HEIGHT] = 0.25
     seen = seen_by_the_first_module(motion_module, lambda: sample(
-        animated(patching, motion_module, effect_schedule=mask), 6))
+        animated(pack_nodes, motion_module, effect_schedule=mask), 6))
     (x, _, effect), = seen
     assert effect.shape == (12, 1, *x.shape[2:]) and effect[:, 0, 0, 0].eq(0.25).all() and effect[:, 0, -1].eq(1).all()
 
 
-def test_a_schedule_for_another_frame_count_is_refused(patching, motion_module):  # noqa: F811
-    with pytest.raises(patching.MotionModuleError, match="The effect schedule of Apply AnimateDiff Motion Module has "
+def test_a_schedule_for_another_frame_count_is_refused(pack_nodes, motion_module):  # noqa: F811
+    with pytest.raises(pack_nodes.motion.MotionModuleError, match="The effect schedule of Apply AnimateDiff Motion Module has "
                                                          "10 values, one per frame, but the latent batch has 8"):
-        sample(animated(patching, motion_module, effect_schedule=[1.0] * 10), 8)
+        sample(animated(pack_nodes, motion_module, effect_schedule=[1.0] * 10), 8)
 
 
 def strength_prompt(comfy, ckpt):

@@ -179,7 +179,7 @@ def test_animatelcm_autoselects_lcm_sampling(comfy, files):
     from comfy_extras.nodes_model_advanced import LCM, ModelSamplingDiscreteDistilled
     model = nodes.CheckpointLoaderSimple().load_checkpoint(files["ckpt"])[0]
     module = nodes.NODE_CLASS_MAPPINGS["AnimateDiffLoadMotionModule"].execute(files["animatelcm"]).result[0]
-    assert module.model.info.format == "animatelcm" and module.model.info.pe_rows == 64
+    assert module.info.format == "animatelcm" and module.info.pe_rows == 64
     patched = nodes.NODE_CLASS_MAPPINGS["AnimateDiffApplyMotionModule"].execute(
         model, module, "autoselect", 1.0, 1.0).result[0]
     sampling = patched.get_model_object("model_sampling")
@@ -190,10 +190,10 @@ def test_frames_per_clip_follow_cond_or_uncond(comfy, tiny_sd15, tmp_path):
     """cond and uncond batched together give the same as each run alone (ComfyUI splits them when memory is short);
     reading the whole batch as one clip would not."""
     import comfy.model_management as model_management
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     path = str(tmp_path / "v2.safetensors")
     builders.save_file(builders.motion_module_sd("v2", channels=(32, 64, 64, 64)), path)
-    m = patching.apply_motion_module(tiny_sd15, patching.load_motion_module(path, "v2"), "use_model_default", 1, 1)
+    m = pack_nodes.motion.apply_motion_module(tiny_sd15, pack_nodes.motion.load_motion_module(path, "v2"), "use_model_default", 1, 1)
     model_management.load_models_gpu([m] + m.get_nested_additional_models())
     frames, g = 6, torch.Generator().manual_seed(0)
     x, ctx = torch.randn(2 * frames, 4, 8, 12, generator=g), torch.randn(2 * frames, 7, 768, generator=g)
@@ -214,15 +214,17 @@ def test_frames_per_clip_follow_cond_or_uncond(comfy, tiny_sd15, tmp_path):
 def test_one_info_line_says_what_animatediff_does(comfy, files, caplog):
     import nodes
     from comfy import sample as comfy_sample
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     lora_dir = os.path.join(comfy.models, "animatediff_motion_lora")
     os.makedirs(lora_dir, exist_ok=True)
     builders.save_file(builders.motion_lora_sd(SD15_TINY, rank=2), os.path.join(lora_dir, "info_lora.safetensors"))
     model = nodes.CheckpointLoaderSimple().load_checkpoint(files["ckpt"])[0]
-    module = patching.load_motion_module(os.path.join(comfy.models, "animatediff_models", files["v2"]), files["v2"])
-    module = patching.load_motion_lora(module, os.path.join(lora_dir, "info_lora.safetensors"), "info_lora.safetensors", 0.6)
-    animated = patching.apply_context_windows(patching.apply_motion_module(model, module, "autoselect", 1.2, 0.9),
-                                              8, 2, "standard_static", 1, False, "pyramid", True)
+    module = pack_nodes.motion.load_motion_module(os.path.join(comfy.models, "animatediff_models", files["v2"]), files["v2"])
+    module = pack_nodes.lora.load_motion_lora(module, os.path.join(lora_dir, "info_lora.safetensors"), "info_lora.safetensors", 0.6)
+    animated = pack_nodes.context_windows.apply(
+        pack_nodes.motion.apply_motion_module(model, module, "autoselect", 1.2, 0.9), context_length=8,
+        context_overlap=2, context_schedule="standard_static", context_stride=1, closed_loop=False,
+        fuse_method="pyramid", freenoise=True)
     positive, negative = [[torch.zeros(1, 2, 768), {}]], [[torch.zeros(1, 2, 768), {}]]
     latent = torch.zeros(20, 4, 6, 8)
     with caplog.at_level(logging.INFO), torch.no_grad():
@@ -238,10 +240,10 @@ def test_a_warning_when_the_motion_module_never_ran(comfy, files, caplog):
     """Another pack's DIFFUSION_MODEL wrapper that answers without calling the UNet: the frames were never tied."""
     import nodes
     from comfy import patcher_extension, sample as comfy_sample
-    patching = comfy.pack.nodes.patching
+    pack_nodes = comfy.pack.nodes
     model = nodes.CheckpointLoaderSimple().load_checkpoint(files["ckpt"])[0]
-    module = patching.load_motion_module(os.path.join(comfy.models, "animatediff_models", files["v2"]), files["v2"])
-    animated = patching.apply_motion_module(model, module, "autoselect", 1.0, 1.0)
+    module = pack_nodes.motion.load_motion_module(os.path.join(comfy.models, "animatediff_models", files["v2"]), files["v2"])
+    animated = pack_nodes.motion.apply_motion_module(model, module, "autoselect", 1.0, 1.0)
     animated.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, "other-pack",
                                   lambda executor, x, *args, **kwargs: torch.zeros_like(x))
     positive, negative = [[torch.zeros(1, 2, 768), {}]], [[torch.zeros(1, 2, 768), {}]]

@@ -26,9 +26,9 @@ def conditioning(seed=0, width=768):
 
 
 @pytest.fixture
-def motion_module(patching, tmp_path):
+def motion_module(pack_nodes, tmp_path):
     path = builders.save_file(builders.motion_module_sd("v2", channels=TINY), tmp_path / "mm_v2.safetensors")
-    return patching.load_motion_module(str(path), "mm_v2.safetensors")
+    return pack_nodes.motion.load_motion_module(str(path), "mm_v2.safetensors")
 
 
 @pytest.fixture
@@ -53,11 +53,11 @@ def assert_identical(before, *patchers):
 @pytest.mark.usefixtures("no_loaded_models")
 def test_motion_lora_loss_falls_frozen_weights_identical_layout(training, motion_module, tiny_sd15):
     videos = [moving_square(seed=0), moving_square(seed=1)]
-    before = snapshot(tiny_sd15, motion_module)
+    before = snapshot(tiny_sd15, motion_module.patcher)
     kwargs = dict(steps=40, clip_length=8, seed=3, motion_module=motion_module, rank=RANK)
     base, base_losses = training.train(tiny_sd15, "motion_lora", videos, conditioning(), learning_rate=0.0, **kwargs)
     weights, losses = training.train(tiny_sd15, "motion_lora", videos, conditioning(), learning_rate=3e-3, **kwargs)
-    assert_identical(before, tiny_sd15, motion_module)
+    assert_identical(before, tiny_sd15, motion_module.patcher)
     # learning rate 0 sees the same clips, timesteps and noise per step (seeded by step): the paired losses
     # show what training bought on the same samples
     assert losses[0] == pytest.approx(base_losses[0], rel=1e-6)
@@ -70,7 +70,7 @@ def test_motion_lora_loss_falls_frozen_weights_identical_layout(training, motion
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_domain_adapter_stage_layout_and_round_trip(training, patching, tiny_sd15, tmp_path):
+def test_domain_adapter_stage_layout_and_round_trip(training, pack_nodes, tiny_sd15, tmp_path):
     frames = [moving_square(seed=s) for s in range(2)]
     before = snapshot(tiny_sd15)
     kwargs = dict(steps=30, clip_length=4, seed=5, rank=RANK)
@@ -81,15 +81,15 @@ def test_domain_adapter_stage_layout_and_round_trip(training, patching, tiny_sd1
     expected = dict(builders.v3_adapter_shapes(RANK, TINY, 768))
     assert {k: tuple(v.shape) for k, v in weights.items()} == expected
     path = training.save(weights, str(tmp_path / "adapter.safetensors"))
-    adapted = patching.apply_domain_adapter(tiny_sd15, path, "adapter.safetensors", 1.0)
+    adapted = pack_nodes.lora.apply_domain_adapter(tiny_sd15, path, "adapter.safetensors", 1.0)
     assert len(adapted.patches) == len(expected) // 2
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_motion_module_stage_from_scratch(training, patching, tiny_sd15, tmp_path):
-    module = patching.new_motion_module(tiny_sd15, 32, seed=0)
-    assert module.model.info.format == "v3"
-    assert all(not v.any() for k, v in module.model.state_dict().items() if ".proj_out." in k)
+def test_motion_module_stage_from_scratch(training, pack_nodes, tiny_sd15, tmp_path):
+    module = pack_nodes.motion.new_motion_module(tiny_sd15, 32, seed=0)
+    assert module.info.format == "v3"
+    assert all(not v.any() for k, v in module.patcher.model.state_dict().items() if ".proj_out." in k)
     before = snapshot(tiny_sd15)
     kwargs = dict(steps=30, clip_length=8, seed=1, motion_module=module)
     _, base = training.train(tiny_sd15, "motion_module", [moving_square(seed=0)], conditioning(), learning_rate=0.0,
@@ -98,12 +98,12 @@ def test_motion_module_stage_from_scratch(training, patching, tiny_sd15, tmp_pat
                                      learning_rate=1e-3, **kwargs)
     assert_identical(before, tiny_sd15)
     assert sum(losses[-10:]) < 0.9 * sum(base[-10:]), (sum(losses[-10:]), sum(base[-10:]))
-    sd = module.model.state_dict()
+    sd = module.patcher.model.state_dict()
     assert any(v.any() for k, v in sd.items() if ".proj_out." in k)
     path = training.save(sd, str(tmp_path / "mm.safetensors"))
-    loaded = patching.load_motion_module(path, "mm.safetensors")
-    assert loaded.model.info.format == "v3"
-    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in sd.items())
+    loaded = pack_nodes.motion.load_motion_module(path, "mm.safetensors")
+    assert loaded.info.format == "v3"
+    assert all(torch.equal(loaded.patcher.model.state_dict()[k], v) for k, v in sd.items())
 
 
 @pytest.mark.usefixtures("no_loaded_models")
@@ -123,11 +123,11 @@ def test_resume_equals_uninterrupted(training, motion_module, tiny_sd15, tmp_pat
 
 
 @pytest.mark.usefixtures("no_loaded_models")
-def test_gradient_checkpointing_gives_the_same_training(training, patching, tiny_sd15):
+def test_gradient_checkpointing_gives_the_same_training(training, pack_nodes, tiny_sd15):
     """Recomputing every UNet block in the backward changes memory, not the result; the blocks are restored."""
     videos = [moving_square(seed=0)]
     kwargs = dict(steps=2, clip_length=4, seed=4, rank=RANK, learning_rate=1e-2)
-    module = patching.new_motion_module(tiny_sd15, 32, seed=0)
+    module = pack_nodes.motion.new_motion_module(tiny_sd15, 32, seed=0)
     plain, plain_losses = training.train(tiny_sd15, "motion_lora", videos, conditioning(), motion_module=module,
                                          **kwargs)
     unet = tiny_sd15.model.diffusion_model
@@ -159,7 +159,7 @@ def test_bf16_autocast_trains(training, motion_module, tiny_sd15):
 @pytest.mark.usefixtures("no_loaded_models")
 def test_cancel_stops_training_and_leaves_models_clean(training, motion_module, tiny_sd15):
     import comfy.model_management
-    before = snapshot(tiny_sd15, motion_module)
+    before = snapshot(tiny_sd15, motion_module.patcher)
     steps = []
 
     def cancel_after_two(step, loss):
@@ -173,7 +173,7 @@ def test_cancel_stops_training_and_leaves_models_clean(training, motion_module, 
                        report=cancel_after_two)
     comfy.model_management.interrupt_current_processing(False)
     assert steps == [1, 2]
-    assert_identical(before, tiny_sd15, motion_module)
+    assert_identical(before, tiny_sd15, motion_module.patcher)
     unet = tiny_sd15.model.diffusion_model
     assert not any(type(m).__name__ == "VanillaTemporalModule" for m in unet.modules())
     assert all(not getattr(m, "weight_function", []) for m in unet.modules())

@@ -2,7 +2,7 @@
 
 The pack's side is a real ComfyUI sampling call (comfy.sample.sample, euler, cfg 3, positive and negative
 prompts that differ) on a tiny UNet built with ComfyUI's own model classes, the motion module loaded by
-`patching.load_motion_module` and applied by `patching.apply_motion_module`. A DIFFUSION_MODEL wrapper records
+`pack_nodes.motion.load_motion_module` and applied by `pack_nodes.motion.apply_motion_module`. A DIFFUSION_MODEL wrapper records
 every UNet call (inputs, `cond_or_uncond`, output): ComfyUI batches uncond and cond, so each call is 2 clips of
 F frames with cond_or_uncond = [1, 0].
 
@@ -19,6 +19,9 @@ Also: where the modules are inserted (number, order, channels, block and layer i
 the UNet's module tree, that a second motion module applied while a first patched model is still loaded is
 placed and computed as on a clean UNet, and that a motion module of the other family is refused.
 """
+import os
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,7 +35,9 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 import builders
 import comfy_models
-import reference
+
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch"))  # tests/torch/reference.py
+import reference  # noqa: E402
 
 SD15 = (32, 64, 64, 64)
 SDXL = (32, 64, 64)
@@ -68,11 +73,11 @@ def sdxl_unet():
     return comfy_models.tiny_sdxl_model(context_dim=CONTEXT_DIM)
 
 
-def load_module(patching, tmp_path, fmt, channels, seed=1):
+def load_module(pack_nodes, tmp_path, fmt, channels, seed=1):
     """(the node loader's ModelPatcher, the file's tensors under AnimateDiff key names for the reference)."""
     sd = builders.motion_module_sd(fmt, channels, seed=seed)
     path = builders.save_file(sd, str(tmp_path / f"unet_{fmt}.safetensors"))
-    return patching.load_motion_module(path, f"unet_{fmt}.safetensors"), \
+    return pack_nodes.motion.load_motion_module(path, f"unet_{fmt}.safetensors"), \
         {builders.hotshot_to_animatediff_key(k): v for k, v in sd.items()}
 
 
@@ -211,13 +216,13 @@ def module_tree(unet):
     return ([(name, type(m)) for name, m in unet.named_modules()], list(unet.state_dict()))
 
 
-def check_against_reference(patching, motion_model_cls, tmp_path, model, fmt, channels, sdxl):
+def check_against_reference(pack_nodes, motion_model_cls, tmp_path, model, fmt, channels, sdxl):
     """Sample with the motion module applied; compare every recorded UNet call with the reference."""
     unet = model.model.diffusion_model
     tree = module_tree(unet)
-    mm, motion_sd = load_module(patching, tmp_path, fmt, channels)
-    info = mm.model.info
-    m = patching.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
+    mm, motion_sd = load_module(pack_nodes, tmp_path, fmt, channels)
+    info = mm.info
+    m = pack_nodes.motion.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
     calls = record_unet_calls(m, motion_model_cls)
     sample(m, sdxl)
     expected_modules = 2 * len(channels) + 3 * len(channels) + (1 if info.mid else 0)
@@ -240,14 +245,14 @@ def check_against_reference(patching, motion_model_cls, tmp_path, model, fmt, ch
 
 # ------------------------------------------------------------------------------------ reference tests
 
-def test_v2_sd15_unet_matches_reference(patching, motion_model_cls, tmp_path):
-    check_against_reference(patching, motion_model_cls, tmp_path, sd15_unet(), "v2", SD15, sdxl=False)
+def test_v2_sd15_unet_matches_reference(pack_nodes, motion_model_cls, tmp_path):
+    check_against_reference(pack_nodes, motion_model_cls, tmp_path, sd15_unet(), "v2", SD15, sdxl=False)
 
 
-def test_v1_sd15_unet_matches_reference(patching, motion_model_cls, tmp_path):
+def test_v1_sd15_unet_matches_reference(pack_nodes, motion_model_cls, tmp_path):
     """v1: ResBlock GroupNorms and the output norm over each clip's frames, motion modules per frame."""
     model = sd15_unet()
-    calls, motion_sd, info = check_against_reference(patching, motion_model_cls, tmp_path, model, "v1", SD15,
+    calls, motion_sd, info = check_against_reference(pack_nodes, motion_model_cls, tmp_path, model, "v1", SD15,
                                                      sdxl=False)
     assert info.unet_norm_across_frames and not info.norm_across_frames
     # The hand-written ResBlock is ComfyUI's when it normalises per frame (so the across-frames one is too).
@@ -260,29 +265,29 @@ def test_v1_sd15_unet_matches_reference(patching, motion_model_cls, tmp_path):
             assert (clip_resblock(block, hb, emb, FRAMES) - block(hb, emb)).abs().max() > 1e-1
 
 
-def test_sdxl_beta_unet_matches_reference(patching, motion_model_cls, tmp_path):
+def test_sdxl_beta_unet_matches_reference(pack_nodes, motion_model_cls, tmp_path):
     """SDXL: 3 levels, no attention on level 0; the motion modules normalise across frames."""
-    _, _, info = check_against_reference(patching, motion_model_cls, tmp_path, sdxl_unet(), "sdxl_beta", SDXL,
+    _, _, info = check_against_reference(pack_nodes, motion_model_cls, tmp_path, sdxl_unet(), "sdxl_beta", SDXL,
                                          sdxl=True)
     assert info.norm_across_frames and not info.unet_norm_across_frames
 
 
 @pytest.mark.parametrize("fmt", ["hotshot", "animatelcm"])
-def test_other_formats_unet_match_reference(patching, motion_model_cls, tmp_path, fmt):
+def test_other_formats_unet_match_reference(pack_nodes, motion_model_cls, tmp_path, fmt):
     """Hotshot-XL (SDXL, per-frame norm, model's own schedule) and AnimateLCM (SD1.5 with mid module, built
     positions, LCM sampling) through the same UNet comparison."""
     sdxl = fmt == "hotshot"
-    _, _, info = check_against_reference(patching, motion_model_cls, tmp_path, sdxl_unet() if sdxl else sd15_unet(),
+    _, _, info = check_against_reference(pack_nodes, motion_model_cls, tmp_path, sdxl_unet() if sdxl else sd15_unet(),
                                          fmt, SDXL if sdxl else SD15, sdxl=sdxl)
     assert not info.norm_across_frames and not info.unet_norm_across_frames
 
 
-def test_reference_detects_wrong_statistics(patching, motion_model_cls, tmp_path):
+def test_reference_detects_wrong_statistics(pack_nodes, motion_model_cls, tmp_path):
     """The UNet comparison can fail: with the other GroupNorm statistics (v1's UNet per frame, the modules
     across frames) the reference moves far outside the tolerance from what the pack computes."""
     model = sd15_unet()
-    mm, motion_sd = load_module(patching, tmp_path, "v1", SD15)
-    m = patching.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
+    mm, motion_sd = load_module(pack_nodes, tmp_path, "v1", SD15)
+    m = pack_nodes.motion.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
     calls = record_unet_calls(m, motion_model_cls)
     sample(m, sdxl=False, steps=1)
     comfy.model_management.unload_all_models()
@@ -297,14 +302,14 @@ def test_reference_detects_wrong_statistics(patching, motion_model_cls, tmp_path
     assert (calls[0]["out"] - module_wrong).abs().max() > 1e-2
 
 
-def test_node_settings_reach_the_modules(patching, motion_model_cls, tmp_path):
+def test_node_settings_reach_the_modules(pack_nodes, motion_model_cls, tmp_path):
     """motion_scale and effect given to apply_motion_module are what the modules run with; effect 0 leaves the
     UNet's output exactly as without motion modules."""
     model = sd15_unet()
     unet = model.model.diffusion_model
-    mm, motion_sd = load_module(patching, tmp_path, "v2", SD15)
-    scaled = patching.apply_motion_module(model, mm, "autoselect", 1.3, 0.6)
-    off = patching.apply_motion_module(model, mm, "autoselect", 1.0, 0.0)
+    mm, motion_sd = load_module(pack_nodes, tmp_path, "v2", SD15)
+    scaled = pack_nodes.motion.apply_motion_module(model, mm, "autoselect", 1.3, 0.6)
+    off = pack_nodes.motion.apply_motion_module(model, mm, "autoselect", 1.0, 0.0)
     calls = record_unet_calls(scaled, motion_model_cls)
     calls_off = record_unet_calls(off, motion_model_cls)
     sample(scaled, sdxl=False, steps=1)
@@ -366,7 +371,7 @@ SDXL_PLACES = (
 
 
 @pytest.mark.parametrize("fmt", ["v2", "v1", "sdxl_beta"])
-def test_placement_and_ejection(patching, motion_model_cls, tmp_path, fmt):
+def test_placement_and_ejection(pack_nodes, motion_model_cls, tmp_path, fmt):
     """Loaded for sampling: the modules sit exactly where the tables above say (number, forward order, channels,
     block and layer index, which module of the file); v1 also swaps the ResBlock norms and out.0. Unloaded: the
     UNet's module tree, state-dict keys and values are as before."""
@@ -375,10 +380,10 @@ def test_placement_and_ejection(patching, motion_model_cls, tmp_path, fmt):
     unet = model.model.diffusion_model
     tree = module_tree(unet)
     state = {k: v.clone() for k, v in unet.state_dict().items()}
-    mm, _ = load_module(patching, tmp_path, fmt, SDXL if sdxl else SD15)
+    mm, _ = load_module(pack_nodes, tmp_path, fmt, SDXL if sdxl else SD15)
     before = (repr(model.model_options), dict(model.object_patches), dict(model.injections), repr(model.wrappers),
               dict(model.additional_models))
-    m = patching.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
+    m = pack_nodes.motion.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
     assert module_tree(unet) == tree  # applying only records patches: nothing changes before loading
     # ... on the clone: the input model is left as it was
     assert (repr(model.model_options), dict(model.object_patches), dict(model.injections), repr(model.wrappers),
@@ -388,7 +393,7 @@ def test_placement_and_ejection(patching, motion_model_cls, tmp_path, fmt):
     down, mid, up = SDXL_PLACES if sdxl else SD15_PLACES
     mid = mid if fmt == "v2" else []
     assert (len(down), len(mid), len(up)) == ((6, 0, 9) if sdxl else (8, 1 if fmt == "v2" else 0, 12))
-    assert injected_modules(unet, mm.model, motion_model_cls) == down + mid + up
+    assert injected_modules(unet, mm.patcher.model, motion_model_cls) == down + mid + up
     if fmt != "v2":
         assert [type(layer) for layer in unet.middle_block] == [ResBlock, SpatialTransformer, ResBlock]
     # the module comes before the level's Downsample / Upsample: nothing resamples before it
@@ -397,12 +402,12 @@ def test_placement_and_ejection(patching, motion_model_cls, tmp_path, fmt):
         assert not any(isinstance(layer, (Downsample, Upsample)) for layer in list(blocks[section][b])[:i])
     assert sum(isinstance(block[-1], Upsample) for block in unet.output_blocks) == (2 if sdxl else 3)
     if fmt == "v1":  # the UNet's ResBlock norms and out.0 normalise over the clip while loaded
-        clip_norms = [n for n, layer in unet.named_modules() if isinstance(layer, patching.ClipGroupNorm)]
+        clip_norms = [n for n, layer in unet.named_modules() if isinstance(layer, pack_nodes.clip_norms.ClipGroupNorm)]
         resblocks = [n for n, layer in unet.named_modules() if isinstance(layer, ResBlock)]
         assert sorted(clip_norms) == sorted([f"{r}.in_layers.0" for r in resblocks]
                                             + [f"{r}.out_layers.0" for r in resblocks] + ["out.0"])
     else:
-        assert not any(isinstance(layer, patching.ClipGroupNorm) for layer in unet.modules())
+        assert not any(isinstance(layer, pack_nodes.clip_norms.ClipGroupNorm) for layer in unet.modules())
 
     comfy.model_management.unload_all_models()
     assert module_tree(unet) == tree
@@ -410,24 +415,24 @@ def test_placement_and_ejection(patching, motion_model_cls, tmp_path, fmt):
     assert all(torch.equal(after[k], v) for k, v in state.items())
 
 
-def test_unpatch_model_ejects(patching, motion_model_cls, tmp_path):
+def test_unpatch_model_ejects(pack_nodes, motion_model_cls, tmp_path):
     """The patcher's own patch_model / unpatch_model insert and remove the modules and the v1 norms."""
     model = sd15_unet()
     unet = model.model.diffusion_model
     tree = module_tree(unet)
-    mm, _ = load_module(patching, tmp_path, "v1", SD15)
-    m = patching.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
+    mm, _ = load_module(pack_nodes, tmp_path, "v1", SD15)
+    m = pack_nodes.motion.apply_motion_module(model, mm, "autoselect", 1.0, 1.0)
     m.patch_model()
     try:
-        assert len(injected_modules(unet, mm.model, motion_model_cls)) == 20
+        assert len(injected_modules(unet, mm.patcher.model, motion_model_cls)) == 20
         assert module_tree(unet) != tree
     finally:
         m.unpatch_model()
     assert module_tree(unet) == tree
     m.patch_model()
     m.eject_model()  # the modules and v1's clip norms go with the injection
-    assert injected_modules(unet, mm.model, motion_model_cls) == []
-    assert not any(isinstance(layer, patching.ClipGroupNorm) for layer in unet.modules())
+    assert injected_modules(unet, mm.patcher.model, motion_model_cls) == []
+    assert not any(isinstance(layer, pack_nodes.clip_norms.ClipGroupNorm) for layer in unet.modules())
     assert module_tree(unet) == tree
     m.unpatch_model()
     assert module_tree(unet) == tree
@@ -435,41 +440,41 @@ def test_unpatch_model_ejects(patching, motion_model_cls, tmp_path):
 
 # ---------------------------------------------------------------------------------- wrong family
 
-def test_sd15_module_on_sdxl_model_is_refused(patching, tmp_path):
-    mm, _ = load_module(patching, tmp_path, "v2", SD15)
-    with pytest.raises(patching.MotionModuleError) as e:
-        patching.apply_motion_module(sdxl_unet(), mm, "autoselect", 1.0, 1.0)
+def test_sd15_module_on_sdxl_model_is_refused(pack_nodes, tmp_path):
+    mm, _ = load_module(pack_nodes, tmp_path, "v2", SD15)
+    with pytest.raises(pack_nodes.motion.MotionModuleError) as e:
+        pack_nodes.motion.apply_motion_module(sdxl_unet(), mm, "autoselect", 1.0, 1.0)
     assert "SD1.5" in str(e.value) and "SDXL" in str(e.value)
 
 
-def test_sdxl_module_on_sd15_model_is_refused(patching, tmp_path):
-    mm, _ = load_module(patching, tmp_path, "sdxl_beta", SDXL)
-    with pytest.raises(patching.MotionModuleError) as e:
-        patching.apply_motion_module(sd15_unet(), mm, "autoselect", 1.0, 1.0)
+def test_sdxl_module_on_sd15_model_is_refused(pack_nodes, tmp_path):
+    mm, _ = load_module(pack_nodes, tmp_path, "sdxl_beta", SDXL)
+    with pytest.raises(pack_nodes.motion.MotionModuleError) as e:
+        pack_nodes.motion.apply_motion_module(sd15_unet(), mm, "autoselect", 1.0, 1.0)
     assert "SD1.5" in str(e.value) and "SDXL" in str(e.value)
 
 
 @pytest.mark.parametrize("first,second", [("v1", "v2"), ("v2", "v1")])
-def test_second_module_applied_while_first_is_loaded(patching, motion_model_cls, tmp_path, first, second):
+def test_second_module_applied_while_first_is_loaded(pack_nodes, motion_model_cls, tmp_path, first, second):
     """Two passes on one checkpoint (e.g. a workflow whose second KSampler uses another motion module): the first
     patched model is still loaded and injected when the second motion module is applied and sampled. The second
     must be placed and computed as on a clean UNet, and the first's modules and norms must be gone."""
     model = sd15_unet()
     unet = model.model.diffusion_model
     tree = module_tree(unet)
-    mm1, _ = load_module(patching, tmp_path, first, SD15)
-    mm2, sd2 = load_module(patching, tmp_path, second, SD15, seed=2)
-    m1 = patching.apply_motion_module(model, mm1, "autoselect", 1.0, 1.0)
+    mm1, _ = load_module(pack_nodes, tmp_path, first, SD15)
+    mm2, sd2 = load_module(pack_nodes, tmp_path, second, SD15, seed=2)
+    m1 = pack_nodes.motion.apply_motion_module(model, mm1, "autoselect", 1.0, 1.0)
     sample(m1, sdxl=False, steps=1)
-    assert len(injected_modules(unet, mm1.model, motion_model_cls)) == (21 if first == "v2" else 20)  # loaded
-    m2 = patching.apply_motion_module(model, mm2, "autoselect", 1.0, 1.0)
+    assert len(injected_modules(unet, mm1.patcher.model, motion_model_cls)) == (21 if first == "v2" else 20)  # loaded
+    m2 = pack_nodes.motion.apply_motion_module(model, mm2, "autoselect", 1.0, 1.0)
     calls = record_unet_calls(m2, motion_model_cls)
     sample(m2, sdxl=False, steps=1)
-    places = injected_modules(unet, mm2.model, motion_model_cls)
+    places = injected_modules(unet, mm2.patcher.model, motion_model_cls)
     down, mid, up = SD15_PLACES
     assert [p[:4] for p in places] == [p[:4] for p in down + (mid if second == "v2" else []) + up]
     assert all(p[4] is not None for p in places)  # all of them the second file's
-    assert any(isinstance(layer, patching.ClipGroupNorm) for layer in unet.modules()) == (second == "v1")
+    assert any(isinstance(layer, pack_nodes.clip_norms.ClipGroupNorm) for layer in unet.modules()) == (second == "v1")
     comfy.model_management.unload_all_models()
     assert module_tree(unet) == tree
     with torch.no_grad():
