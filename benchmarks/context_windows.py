@@ -1,7 +1,7 @@
 """Context windows: seconds per sampling step and peak memory at 16, 64 and 256 frames with 16-frame windows.
 
 The same models as overhead.py (SD1.5 block layout, random fp32 weights, a v2 motion module), sampled as
-KSampler samples (euler, cfg 7: cond and uncond batched) through `apply_context_windows` (context_length 16,
+KSampler samples (euler, cfg 7: cond and uncond batched) through `context_windows.apply` (context_length 16,
 overlap 4, standard_static, pyramid, FreeNoise). Each (config, frames) cell runs in a fresh process: one 1-step
 sample() call measures peak memory (on CPU the exact peak of live tensors created during the call, tracked by
 overhead.LiveTensorPeak, weights aside; on CUDA max_memory_allocated over the allocation before it), then
@@ -41,9 +41,9 @@ def parse_args():
 
 def cell(ns, args, config, frames, mm_path):
     torch = ns.torch
-    motion = ns.patching.load_motion_module(mm_path, f"v2 {config}")
-    model = ns.patching.apply_motion_module(overhead.build_unet(ns, config), motion, "autoselect", 1.0, 1.0)
-    model = ns.patching.apply_context_windows(model, **CONTEXT)
+    motion = ns.nodes.motion.load_motion_module(mm_path, f"v2 {config}")
+    model = ns.nodes.motion.apply_motion_module(overhead.build_unet(ns, config), motion, "autoselect", 1.0, 1.0)
+    model = ns.nodes.context_windows.apply(model, **CONTEXT)
     windows = len(model.model_options["context_handler"].plan(frames)) if frames > CONTEXT["context_length"] else 1
     ns.comfy.model_management.load_models_gpu([model] + model.get_nested_additional_models())
     if ns.device.type == "cuda":
@@ -55,7 +55,7 @@ def cell(ns, args, config, frames, mm_path):
         peak = torch.cuda.max_memory_allocated() - before
     else:
         tracker = overhead.LiveTensorPeak(torch, [*model.model.parameters(), *model.model.buffers(),
-                                                  *motion.model.parameters(), *motion.model.buffers()])
+                                                  *motion.patcher.model.parameters(), *motion.patcher.model.buffers()])
         with tracker.mode:
             overhead.sample(ns, model, args.latent, 1, frames)
         peak = tracker.peak

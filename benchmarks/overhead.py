@@ -24,8 +24,9 @@ one's timings. Configurations:
         motion module (21 modules, 453.2 M parameters);
   tiny: the test suite's tiny SD1.5 layout (32 channels, channel_mult (1, 2, 2, 2)) with a v2 module of
         channels (32, 64, 64, 64).
-Weights are random, fp32: the UNet's N(0, 1) / sqrt(fan_in), the motion module's as the tests build theirs
-(tests/builders.py). Default latent: 16x16 on CPU, 64x64 on CUDA. Measured numbers: benchmarks/README.md.
+Weights are random, fp32 (N(0, 1) / sqrt(fan_in), ...), built as the tests build theirs: the UNet by
+scripts/comfy_models.py, the motion module by scripts/weights.py. Default latent: 16x16 on CPU, 64x64 on CUDA.
+Measured numbers: benchmarks/README.md.
 
     .venv/bin/python benchmarks/overhead.py                # both configurations, CPU: about 9 minutes
     .venv/bin/python benchmarks/overhead.py --quick        # 1 timed pair, no memory cells
@@ -33,9 +34,7 @@ Weights are random, fp32: the UNet's N(0, 1) / sqrt(fan_in), the motion module's
 """
 import argparse
 import contextlib
-import importlib.util
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -44,6 +43,9 @@ import tempfile
 import time
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(PACK_DIR, "scripts"))
+import comfyui_path  # noqa: E402
+
 FRAMES = 16
 CFG = 7.0  # > 1, so every step evaluates cond and uncond
 
@@ -73,40 +75,29 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------- setup
 
 def setup(args):
-    """Import torch, ComfyUI (found as the tests find it) and this pack; returns a namespace of modules."""
+    """Import torch, ComfyUI and this pack (scripts/comfyui_path.py, as the tests find it); returns a namespace of
+    modules."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported
     import torch
     torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    spec = importlib.util.spec_from_file_location("_comfyui_path", os.path.join(PACK_DIR, "scripts", "comfyui_path.py"))
-    locator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(locator)
-    comfyui = locator.locate()
-    if not locator.is_comfyui(comfyui):
-        sys.exit(f"no ComfyUI at {comfyui}: run `python scripts/comfyui_path.py --ensure` or set COMFYUI_PATH")
-    sys.path.insert(0, comfyui)
-    from comfy.cli_args import args as comfy_args
-    comfy_args.cpu = args.device == "cpu"
-    comfy_args.disable_api_nodes = True
+    comfyui_path.use_comfyui(cpu=args.device == "cpu")
     import logging
     logging.getLogger().setLevel(logging.WARNING)
     import comfy.model_management
     import comfy.model_patcher
     import comfy.sample
     import comfy.supported_models
-    spec = importlib.util.spec_from_file_location("animatediff_bench_pack", os.path.join(PACK_DIR, "__init__.py"),
-                                                  submodule_search_locations=[PACK_DIR])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)
+    pack = comfyui_path.load_pack()
 
     class Modules:
         pass
     ns = Modules()
     ns.torch, ns.comfy = torch, comfy
-    ns.patching = sys.modules[spec.name + ".nodes.patching"]
-    ns.mm = sys.modules[spec.name + ".motion_modules.model"]
+    ns.pack = pack
+    ns.nodes = pack.nodes  # motion, lora, context_windows, free_init, sparsectrl, training
+    ns.mm = sys.modules[pack.__name__ + ".motion_modules.model"]
     ns.device = torch.device(args.device)
     return ns
 
@@ -123,56 +114,19 @@ def clock(ns):
 
 # ------------------------------------------------------------------------------------------ the models
 
-def unet_config(model_channels, channel_mult):
-    """SD1.5's UNet layout (what ComfyUI detects in an SD1.5 checkpoint) at `model_channels`."""
-    levels = len(channel_mult)
-    depth = [1 if level < 3 else 0 for level in range(levels)]  # SD1.5: transformers on levels 0-2
-    return {
-        "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-        "adm_in_channels": None, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
-        "num_res_blocks": [2] * levels, "channel_mult": list(channel_mult),
-        "transformer_depth": [d for d in depth for _ in range(2)],
-        "transformer_depth_output": [d for d in depth for _ in range(3)],
-        "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
-        "use_temporal_resblock": False, "use_temporal_attention": False,
-    }
-
-
-def randomize(ns, module, seed=0):
-    """N(0, 1) / sqrt(fan_in) for weights, 1 + 0.05 N for norm weights, 0.05 N for biases (activations O(1))."""
-    torch = ns.torch
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            t = torch.randn(p.shape, generator=g)
-            if p.dim() >= 2:
-                t /= math.sqrt(math.prod(p.shape[1:]))
-            elif name.endswith("weight"):
-                t = 1 + 0.05 * t
-            else:
-                t *= 0.05
-            p.copy_(t.to(p.dtype))
-
-
 def build_unet(ns, config):
-    """A ModelPatcher around an SD15 model, as comfy.sd wraps a loaded checkpoint."""
-    mm = ns.comfy.model_management
-    model_config = ns.comfy.supported_models.SD15(unet_config(*CONFIGS[config]))
-    model_config.set_inference_dtype(ns.torch.float32, None)
-    model = model_config.get_model({}, "", device=mm.unet_offload_device())
-    randomize(ns, model.diffusion_model)
-    model.diffusion_model.eval()
-    return ns.comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
+    """A ModelPatcher around an SD15 model with SD1.5's block layout at `config`'s channels (scripts/comfy_models.py:
+    the tests' model builder), as comfy.sd wraps a loaded checkpoint."""
+    import comfy_models  # (ComfyUI: after setup)
+    channels, mult = CONFIGS[config]
+    return comfy_models.tiny_sd15_model(model_channels=channels, channel_mult=mult)
 
 
 def write_motion_module(ns, config, path):
-    """A random-weight v2 motion-module file for `config`, built as the tests build theirs (tests/builders.py)."""
+    """A random-weight v2 motion-module file for `config` (scripts/weights.py, as the tests build theirs)."""
+    import weights  # (torch: after setup)
     channels, mult = CONFIGS[config]
-    spec = importlib.util.spec_from_file_location("_bench_builders", os.path.join(PACK_DIR, "tests", "builders.py"))
-    builders = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builders)
-    builders.save_file(builders.motion_module_sd("v2", channels=tuple(channels * m for m in mult), seed=0), path)
+    weights.save_file(weights.motion_module_sd("v2", channels=tuple(channels * m for m in mult), seed=0), path)
     return path
 
 
@@ -267,12 +221,12 @@ def measure(ns, args, config, latent, mm_path):
     """Interleaved timings, FLOPs and the motion modules' own time for one configuration."""
     from torch.utils.flop_counter import FlopCounterMode
     base = build_unet(ns, config)
-    motion = ns.patching.load_motion_module(mm_path, f"v2 {config}")
-    with_mm = ns.patching.apply_motion_module(base, motion, "autoselect", 1.0, 1.0)
+    motion = ns.nodes.motion.load_motion_module(mm_path, f"v2 {config}")
+    with_mm = ns.nodes.motion.apply_motion_module(base, motion, "autoselect", 1.0, 1.0)
     without, withmm = StepTimer(ns, base), StepTimer(ns, with_mm)
     base.set_model_unet_function_wrapper(without)
     with_mm.set_model_unet_function_wrapper(withmm)
-    mm_modules = [m for m in motion.model.modules() if isinstance(m, ns.mm.VanillaTemporalModule)]
+    mm_modules = [m for m in motion.patcher.model.modules() if isinstance(m, ns.mm.VanillaTemporalModule)]
     unet_params = sum(p.numel() for p in base.model.diffusion_model.parameters())  # before any injection
     mm_clock = MotionModuleClock(ns, mm_modules)
     withmm.mm_clock = mm_clock
@@ -292,7 +246,7 @@ def measure(ns, args, config, latent, mm_path):
     result = {
         "config": config, "latent": latent, "frames": FRAMES, "batch": 2 * FRAMES,
         "unet_params": unet_params,
-        "mm_params": sum(p.numel() for p in motion.model.parameters()), "mm_modules": len(mm_modules),
+        "mm_params": sum(p.numel() for p in motion.patcher.model.parameters()), "mm_modules": len(mm_modules),
         "without": stats(without.times), "with": stats(withmm.times),
         "without_times": without.times, "with_times": withmm.times,
         "without_wall": stats(without.walls), "with_wall": stats(withmm.walls),
@@ -380,8 +334,8 @@ class PeakMemory:
 def memory_cell(ns, config, mode, latent, mm_path):
     patcher = build_unet(ns, config)
     if mode == "with":
-        motion = ns.patching.load_motion_module(mm_path, f"v2 {config}")
-        patcher = ns.patching.apply_motion_module(patcher, motion, "autoselect", 1.0, 1.0)
+        motion = ns.nodes.motion.load_motion_module(mm_path, f"v2 {config}")
+        patcher = ns.nodes.motion.apply_motion_module(patcher, motion, "autoselect", 1.0, 1.0)
     probe = PeakMemory(ns, patcher)
     patcher.set_model_unet_function_wrapper(probe)
     sample(ns, patcher, latent, 1)

@@ -1,7 +1,7 @@
 """SparseCtrl: seconds per sampling step with the encoder against AnimateDiff alone, and peak memory.
 
 The models of overhead.py (SD1.5 block layout, random fp32 weights, a v2 motion module) and a SparseCtrl scribble
-encoder of the same channels (tests/builders.py, the official layout; the RGB encoder differs only in its first
+encoder of the same channels (scripts/weights.py, the official layout; the RGB encoder differs only in its first
 conv), 16 frames sampled as KSampler samples them (euler, cfg: cond and uncond batched), two key frames (0 and
 15) given through the control object that Apply ControlNet (Advanced) makes. In one process the two cells are
 timed in turns, `--repeats` rounds (the compute thread's CPU time on CPU); min / median per step and the median
@@ -12,7 +12,6 @@ of the rounds' ratios are printed. Peak memory: each cell once more in a fresh p
     .venv/bin/python benchmarks/sparsectrl.py --configs sd15 --steps 1 --repeats 2
 """
 import argparse
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -38,18 +37,15 @@ def parse_args(argv=None):
 def models(ns, config, folder, sparse=True):
     """(AnimateDiff model, the SparseCtrl control object as Apply ControlNet makes it, or None) for `config`."""
     channels, mult = overhead.CONFIGS[config]
-    spec = importlib.util.spec_from_file_location("_bench_builders", os.path.join(overhead.PACK_DIR, "tests",
-                                                                                  "builders.py"))
-    builders = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builders)
+    import weights  # (torch: after setup)
     path = os.path.join(folder, "sparsectrl.safetensors")
     if not os.path.exists(path):
-        builders.save_file(builders.sparsectrl_sd(tuple(channels * m for m in mult), latent=False), path)
-    mm = ns.patching.load_motion_module(overhead.write_motion_module(ns, config, os.path.join(folder, "mm.pt")), "mm")
-    animated = ns.patching.apply_motion_module(overhead.build_unet(ns, config), mm, "autoselect", 1.0, 1.0)
+        weights.save_file(weights.sparsectrl_sd(tuple(channels * m for m in mult), latent=False), path)
+    mm = ns.nodes.motion.load_motion_module(overhead.write_motion_module(ns, config, os.path.join(folder, "mm.pt")), "mm")
+    animated = ns.nodes.motion.apply_motion_module(overhead.build_unet(ns, config), mm, "autoselect", 1.0, 1.0)
     if not sparse:
         return animated, None
-    sparsectrl = sys.modules[ns.patching.__name__.rsplit(".", 1)[0] + ".sparsectrl"]
+    sparsectrl = ns.nodes.sparsectrl
     keys = ns.torch.rand(2, 3, 8, 8, generator=ns.torch.Generator().manual_seed(2))  # scaled to the latent's size
     control = sparsectrl.load_sparsectrl(path, "sparsectrl", [0, -1]).copy().set_cond_hint(keys, 1.0, (0.0, 1.0))
     return animated, control

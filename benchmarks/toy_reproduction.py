@@ -1,4 +1,4 @@
-"""A toy reproduction of AnimateDiff's three claims (arXiv 2307.04725) with this pack's training and patching code.
+"""A toy reproduction of AnimateDiff's three claims (arXiv 2307.04725) with this pack's training code and nodes.
 
 Everything happens in latent space: the "images" are 4 x 8 x 8 tensors that ARE the latents (there is no VAE and
 no text encoder). Values below are in the UNet's input space (after SD1.5's process_latent_in scale 0.18215);
@@ -22,7 +22,7 @@ the middle block, context 32), random-initialised as the test suite initialises 
 The conditioning is one fixed random token. The toy model predicts v (as SD2-v does) instead of SD1.5's eps: a
 briefly trained eps model blows its samples up (errors in eps are multiplied by sigma, up to 29 here). It runs on
 AnimateDiff's beta schedule (sqrt_linear) from the start: both come as an object patch on `model_sampling`
-(the pack's patching.model_sampling keeps the prediction type), so the image stages and every sampling use the
+(the pack's beta_schedules.model_sampling keeps the prediction type), so the image stages and every sampling use the
 schedule that `apply_motion_module` ("autoselect") and the motion stages use.
 
 Stages (parts of training.train), each with the earlier ones frozen, as in the paper:
@@ -43,7 +43,6 @@ pack's apply_domain_adapter / apply_motion_module / load_motion_lora:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/toy_reproduction.py --quick   # about 2 minutes, fewer steps
 """
 import argparse
-import importlib.util
 import os
 import shutil
 import sys
@@ -51,7 +50,9 @@ import tempfile
 import time
 import types
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import overhead  # noqa: E402  (ComfyUI and the pack, as the benchmarks load them; puts scripts/ on sys.path)
+
 SCALE = 0.18215  # SD1.5's latent scale: UNet-space value = file latent * SCALE
 SIZE, SIDE, FRAMES, CONTEXT = 8, 3, 8, 32
 MARK = 2.0  # watermark value (channel 3, top-left SIDE x SIDE)
@@ -62,14 +63,6 @@ STAGES = {"image_model": (250, 2e-3, 32), "domain_adapter": (150, 1e-3, 16), "mo
 PAN = "content"  # stage 3's pan-left clips: the whole "content" moves, or only the "square" (fresh noise per frame)
 BASE_MOTION = "still"  # stage 2's videos: "still" scenes, or "still+pan" (a third still, pan left, pan right)
 RANK = 8
-
-
-def load(name, path):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(PACK_DIR, path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -188,15 +181,13 @@ def main(argv=None):
     STAGES["motion_module"] = (args.motion_steps,) + STAGES["motion_module"][1:]
     STAGES["motion_lora"] = (args.lora_steps, args.lora_lr) + STAGES["motion_lora"][2:]
     started = time.perf_counter()
-    overhead = load("_toy_overhead", "benchmarks/overhead.py")
     ns = overhead.setup(types.SimpleNamespace(threads=1, device="cpu"))  # ComfyUI + the pack, as the benchmark
-    torch, comfy, patching = ns.torch, ns.comfy, ns.patching
-    training = sys.modules["animatediff_bench_pack.nodes.training"]
-    load("builders", "tests/builders.py")
-    comfy_models = load("_toy_comfy_models", "tests/comfy_models.py")
+    torch, nodes = ns.torch, ns.nodes
+    training = nodes.training
+    import comfy_models  # (scripts/: ComfyUI after setup)
     import comfy.model_sampling
     import comfy.utils
-    comfy.utils.PROGRESS_BAR_ENABLED = False
+    comfy.utils.set_progress_bar_enabled(False)
     torch.manual_seed(args.seed)
 
     data = {k: [v / SCALE for v in vs] for k, vs in datasets(torch, args.seed, args.base_motion, args.pan).items()}  # file-latent space
@@ -206,7 +197,7 @@ def main(argv=None):
     v_prediction = type("ToyModelSampling", (comfy.model_sampling.ModelSamplingDiscrete,
                                              comfy.model_sampling.V_PREDICTION), {})
     base.add_object_patch("model_sampling", v_prediction(base.model.model_config))
-    base.add_object_patch("model_sampling", patching.model_sampling(base, "sqrt_linear"))  # keeps v-prediction
+    base.add_object_patch("model_sampling", nodes.beta_schedules.model_sampling(base, "sqrt_linear"))  # keeps v-prediction
     tmp = tempfile.mkdtemp(prefix="animatediff_toy_")
     timings, losses = {}, {}
 
@@ -239,15 +230,15 @@ def main(argv=None):
     # stage 1: the domain adapter, on single frames of the (watermarked) videos
     adapter = training.save(train("domain_adapter", base, data["motion"], rank=RANK),
                             os.path.join(tmp, "adapter.safetensors"))
-    adapted = {s: patching.apply_domain_adapter(base, adapter, "adapter", s) for s in (0.0, 0.5, 1.0)}
+    adapted = {s: nodes.lora.apply_domain_adapter(base, adapter, "adapter", s) for s in (0.0, 0.5, 1.0)}
     # stage 2: the motion module, from scratch, image model + adapter (strength 1) frozen
-    module = patching.new_motion_module(base, 32, seed=args.seed)
+    module = nodes.motion.new_motion_module(base, 32, seed=args.seed)
     train("motion_module", adapted[1.0], data["motion"], motion_module=module)
-    animate = patching.apply_motion_module(adapted[1.0], module, "autoselect", 1.0, 1.0)
+    animate = nodes.motion.apply_motion_module(adapted[1.0], module, "autoselect", 1.0, 1.0)
     # stage 3: the MotionLoRA, on pan-left clips
     lora = training.save(train("motion_lora", adapted[1.0], data["pan_left"], motion_module=module, rank=RANK),
                          os.path.join(tmp, "pan_left.safetensors"))
-    pan = patching.apply_motion_module(adapted[1.0], patching.load_motion_lora(module, lora, "pan_left", 1.0),
+    pan = nodes.motion.apply_motion_module(adapted[1.0], nodes.lora.load_motion_lora(module, lora, "pan_left", 1.0),
                                        "autoselect", 1.0, 1.0)
 
     t = time.perf_counter()

@@ -43,10 +43,10 @@ def parse_args():
 
 def cell(ns, args, config, mode, mm_path):
     torch = ns.torch
-    training = sys.modules[ns.patching.__name__.rsplit(".", 1)[0] + ".training"]
+    training = ns.nodes.training
     with torch.inference_mode(mode == "node"):
         model = overhead.build_unet(ns, config)
-        motion = ns.patching.load_motion_module(mm_path, f"v2 {config}")
+        motion = ns.nodes.motion.load_motion_module(mm_path, f"v2 {config}")
     g = torch.Generator().manual_seed(0)
     clip = [torch.randn(args.frames, 4, args.latent, args.latent, generator=g)]
     positive = [[torch.randn(1, 77, 768, generator=g), {}]]
@@ -61,7 +61,7 @@ def cell(ns, args, config, mode, mm_path):
         peak = torch.cuda.max_memory_allocated() - before
     else:
         tracker = overhead.LiveTensorPeak(torch, [*model.model.parameters(), *model.model.buffers(),
-                                                  *motion.model.parameters(), *motion.model.buffers()])
+                                                  *motion.patcher.model.parameters(), *motion.patcher.model.buffers()])
         with tracker.mode:
             training.train(model, "motion_lora", clip, positive, 1, **kwargs)
         peak = tracker.peak
@@ -70,7 +70,7 @@ def cell(ns, args, config, mode, mm_path):
                    report=lambda step, loss: stamps.append(overhead.clock(ns)[1]), **kwargs)
     times = [b - a for a, b in zip(stamps, stamps[1:])]
     weights = sum(p.numel() * p.element_size() for p in [*model.model.diffusion_model.parameters(),
-                                                         *motion.model.parameters()])
+                                                         *motion.patcher.model.parameters()])
     return {"config": config, "mode": mode, "times": times, "peak": peak, "weights": weights}
 
 

@@ -16,15 +16,17 @@ node (the pack's nodes/training.py, on ComfyUI's own model loading, patching and
         --videos pan_left/ --prompt "a city street" --output pan_left.safetensors
 
 --state keeps the training state (weights, optimizer, step) and resumes from it when it exists. On a GPU:
---precision fp16/bf16 (autocast) and --gradient-checkpointing. ComfyUI is found as the tests find it
-($COMFYUI_PATH, the ComfyUI this pack sits in, or .comfyui/ComfyUI).
+--precision fp16/bf16 (autocast) and --gradient-checkpointing. ComfyUI is found and loaded as the tests find
+it (scripts/comfyui_path.py: $COMFYUI_PATH, the ComfyUI this pack sits in, or .comfyui/ComfyUI).
 """
 import argparse
-import importlib.util
+import logging
 import os
 import sys
 
-PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import comfyui_path  # noqa: E402
+
 STAGES = ("domain_adapter", "motion_module", "motion_lora")
 
 
@@ -63,34 +65,14 @@ def parse_args(argv=None):
     return args
 
 
-def load_pack(cpu):
-    """ComfyUI (found like scripts/comfyui_path.py) and this pack; returns the pack's nodes package."""
-    spec = importlib.util.spec_from_file_location("_comfyui_path", os.path.join(PACK, "scripts", "comfyui_path.py"))
-    locator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(locator)
-    comfyui = locator.locate()
-    if not locator.is_comfyui(comfyui):
-        sys.exit(f"no ComfyUI at {comfyui}: run `python scripts/comfyui_path.py --ensure` or set COMFYUI_PATH")
-    sys.path.insert(0, comfyui)
-    from comfy.cli_args import args as comfy_args
-    comfy_args.cpu = cpu
-    import logging
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import utils.install_util  # noqa: F401  (ComfyUI's main.py imports it before nodes)
-    spec = importlib.util.spec_from_file_location("animatediff_pack", os.path.join(PACK, "__init__.py"),
-                                                  submodule_search_locations=[PACK])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)
-    return pack.nodes
-
-
 def main(argv=None):
     args = parse_args(argv)
-    nodes = load_pack(args.cpu)
+    comfyui_path.use_comfyui(cpu=args.cpu)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    nodes = comfyui_path.load_pack().nodes
     import comfy.sd
     import torch
-    patching, training = nodes.patching, nodes.training
+    motion, lora, training = nodes.motion, nodes.lora, nodes.training
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(
         args.checkpoint, output_vae=True, output_clip=True, embedding_directory=None)[:3]
     with torch.no_grad():
@@ -99,18 +81,17 @@ def main(argv=None):
     print(f"{len(latents)} videos, {sum(v.shape[0] for v in latents)} frames at {args.width}x{args.height}")
     module = None
     if args.motion_module:
-        module = patching.load_motion_module(args.motion_module, os.path.basename(args.motion_module))
+        module = motion.load_motion_module(args.motion_module, os.path.basename(args.motion_module))
     elif args.stage == "motion_module":
-        module = patching.new_motion_module(model, args.positions, args.seed)
+        module = motion.new_motion_module(model, args.positions, args.seed)
     if args.adapter and args.stage != "domain_adapter":
-        model = patching.apply_domain_adapter(model, args.adapter, os.path.basename(args.adapter),
-                                              args.adapter_strength)
+        model = lora.apply_domain_adapter(model, args.adapter, os.path.basename(args.adapter), args.adapter_strength)
     weights, losses = training.train(
         model, args.stage, latents, positive, args.steps, args.lr, args.clip_length, args.seed,
         motion_module=module, rank=args.rank, precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint=args.state, checkpoint_every=args.save_every)
     if args.stage == "motion_module":
-        weights = {k: v.float().contiguous() for k, v in module.model.state_dict().items()}
+        weights = {k: v.float().contiguous() for k, v in module.patcher.model.state_dict().items()}
     training.save(weights, args.output, stage=args.stage, checkpoint=os.path.basename(args.checkpoint),
                   steps=args.steps, learning_rate=args.lr, clip_length=args.clip_length, seed=args.seed,
                   final_loss=f"{losses[-1]:.6f}" if losses else "")

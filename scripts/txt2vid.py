@@ -12,39 +12,33 @@ the input video, a mask), small random-weight stand-ins (for inputs: a short gen
 written in their place so that the whole pipeline runs on a CPU in a few minutes; the animation is then random
 noise (it says so). Put real files there to get real ones.
 
-Standard library only, except that making the stand-ins imports tests/builders.py (torch, safetensors).
+Standard library only (scripts/comfy_client.py talks to ComfyUI), except that making the stand-ins imports
+scripts/weights.py (torch, safetensors: what ComfyUI and the pack need anyway).
 """
 import argparse
-import base64
 import json
 import os
-import socket
-import ssl
-import struct
-import subprocess
+import shutil
+import signal
 import sys
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(SCRIPTS)
 sys.path.insert(0, SCRIPTS)
+import comfy_client  # noqa: E402
 import comfyui_path  # noqa: E402
 import workflow as wf  # noqa: E402
 
 DEFAULT_WORKFLOW = os.path.join(REPO, "workflows", "txt2vid.json")
 DEFAULT_BASE = os.path.join(REPO, ".demo")
-PACK_LINK = "comfyui-animatediff"   # name of the pack's link in <base>/custom_nodes/
 RANDOM_WEIGHTS_RECORD = "random-weights.json"   # in the base directory: the stand-ins written so far
+STAGING = ".stand-ins-partial"   # in the base directory: the stand-in being written
 # Size of a run on random-weight stand-ins (any of these given on the command line wins); train_steps and
 # clip_length shrink the MotionLoRA trainer of a training workflow.
 TINY = dict(width=64, height=64, steps=4, train_steps=2, clip_length=4)
 TRAINING_KNOBS = ("train_steps", "clip_length")
-BAR = 30  # characters of the sampling progress bar
 STAND_IN_VIDEO = (24, 80, 48, 8)  # the stand-in input video of a video-to-video workflow: frames, width, height, fps
 
 
@@ -54,240 +48,34 @@ def show(path):
     return path if rel.startswith("..") else rel
 
 
-def log(*parts):
-    print(*parts, flush=True)
+log = comfy_client.log
 
 
 class Failed(Exception):
     """A readable reason to stop (printed without a traceback)."""
 
 
-# ------------------------------------------------------------------------------------------------ HTTP
-
-class Client:
-    def __init__(self, url):
-        self.url = url.rstrip("/")
-
-    def _open(self, path, data=None, timeout=60):
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        body = json.dumps(data).encode("utf-8") if data is not None else None
-        request = urllib.request.Request(self.url + path, data=body, headers=headers)
-        return urllib.request.urlopen(request, timeout=timeout)
-
-    def get_json(self, path, timeout=60):
-        with self._open(path, timeout=timeout) as r:
-            return json.load(r)
-
-    def post_json(self, path, data, timeout=60):
-        """(status, answer) for a POST; an HTTP error status is returned, not raised."""
-        try:
-            with self._open(path, data, timeout) as r:
-                raw = r.read()
-                status = r.status
-        except urllib.error.HTTPError as e:
-            raw, status = e.read(), e.code
-        try:
-            return status, json.loads(raw) if raw else {}
-        except ValueError:
-            return status, {"error": {"message": raw.decode("utf-8", "replace")}}
-
-    def download(self, file_info, dest_dir):
-        query = urllib.parse.urlencode({k: file_info.get(k, "") for k in ("filename", "subfolder", "type")})
-        os.makedirs(dest_dir, exist_ok=True)
-        path = os.path.join(dest_dir, os.path.basename(file_info["filename"]))
-        with self._open("/view?" + query, timeout=300) as r, open(path, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-        return path
-
-    def ready(self):
-        try:
-            self.get_json("/system_stats", timeout=5)
-            return True
-        except (OSError, ValueError):
-            return False
-
-
-class ProgressListener(threading.Thread):
-    """Prints the progress ComfyUI reports on its websocket (/ws?clientId=...) for one prompt. A minimal
-    RFC 6455 client: reads server frames, answers pings; anything unexpected just ends the listener
-    (the result is still picked up by polling /history)."""
-
-    def __init__(self, url, client_id, titles):
-        super().__init__(daemon=True)
-        parsed = urllib.parse.urlsplit(url)
-        self.secure = parsed.scheme == "https"
-        self.host = parsed.hostname
-        self.port = parsed.port or (443 if self.secure else 80)
-        self.path = (parsed.path.rstrip("/") or "") + "/ws?clientId=" + client_id
-        self.titles = titles
-        self.prompt_id = None
-        self.sock = None
-        self.connected = threading.Event()
-        self._last = None
-
-    def connect(self, timeout=10):
-        sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        if self.secure:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                     .encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise OSError("websocket handshake: connection closed")
-            head += chunk
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise OSError("websocket handshake refused")
-        self.sock = sock
-        self._buffer = head.split(b"\r\n\r\n", 1)[1]
-        sock.settimeout(None)
-        self.connected.set()
-
-    def _read(self, n):
-        while len(self._buffer) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-    def _send(self, opcode, payload=b""):
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode, 0x80 | len(payload)])  # control frames only: payload < 126
-        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    def messages(self):
-        fragments, message_opcode = [], None
-        while True:
-            b0, b1 = self._read(2)
-            opcode, length = b0 & 0x0F, b1 & 0x7F
-            if length == 126:
-                length = struct.unpack(">H", self._read(2))[0]
-            elif length == 127:
-                length = struct.unpack(">Q", self._read(8))[0]
-            mask = self._read(4) if b1 & 0x80 else None
-            payload = self._read(length)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            if opcode == 0x8:
-                return
-            if opcode == 0x9:
-                self._send(0xA, payload[:125])
-                continue
-            if opcode in (0x1, 0x2):
-                message_opcode, fragments = opcode, [payload]
-            elif opcode == 0x0:
-                fragments.append(payload)
-            else:
-                continue
-            if b0 & 0x80 and message_opcode == 0x1:
-                yield json.loads(b"".join(fragments).decode("utf-8"))
-
-    def run(self):
-        try:
-            for message in self.messages():
-                self.show(message.get("type"), message.get("data") or {})
-        except Exception:  # noqa: BLE001 - progress is a nicety; /history polling decides the outcome
-            pass
-
-    def show(self, kind, data):
-        if self.prompt_id is None or data.get("prompt_id") not in (None, self.prompt_id):
-            return
-        if kind == "execution_start":
-            log("  started")
-        elif kind == "execution_cached" and data.get("nodes"):
-            log(f"  cached: {', '.join(self.describe(n) for n in data['nodes'])}")
-        elif kind == "executing" and data.get("node") is not None:
-            log(f"  running {self.describe(data['node'])}")
-        elif kind == "progress":
-            value, total = data.get("value") or 0, data.get("max") or 1
-            filled = round(BAR * value / total)
-            line = f"    {self.describe(data.get('node'))} [{'#' * filled}{'.' * (BAR - filled)}] {value}/{total}"
-            if line != self._last:
-                if sys.stdout.isatty():  # one bar, redrawn in place; a log file gets a line per step
-                    print("\r" + line, end="\n" if value >= total else "", flush=True)
-                else:
-                    log(line)
-                self._last = line
-
-    def describe(self, node_id):
-        title = self.titles.get(str(node_id))
-        return f"node {node_id} ({title})" if title else f"node {node_id}"
-
-    def close(self):
-        if self.sock is not None:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-                self.sock.close()
-            except OSError:
-                pass
-
-
 # ------------------------------------------------------------------------------------- local server
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class LocalServer(comfy_client.Server):
+    """The ComfyUI this script starts (and stops) on the base directory."""
 
+    FOLDERS = ("models/checkpoints", "models/animatediff_models", "models/animatediff_motion_lora",
+               "models/controlnet", "input", "output")
 
-def prepare_base(base):
-    for sub in ("custom_nodes", "models/checkpoints", "models/animatediff_models", "models/animatediff_motion_lora",
-                "models/controlnet", "input", "output"):
-        os.makedirs(os.path.join(base, sub), exist_ok=True)
-    link = os.path.join(base, "custom_nodes", PACK_LINK)
-    if os.path.islink(link) and os.path.realpath(link) != os.path.realpath(REPO):
-        os.remove(link)
-    if not os.path.lexists(link):
-        os.symlink(REPO, link, target_is_directory=True)
+    def __init__(self, base, port=None):
+        super().__init__(comfyui_path.require(), base, port)
 
-
-class LocalServer:
-    def __init__(self, base, port=None, startup_timeout=300):
-        self.base = base
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.startup_timeout = startup_timeout
-        self.log_path = os.path.join(base, "comfyui.log")
-        self.proc = None
-
-    def start(self):
-        comfy = comfyui_path.locate()
-        if not comfyui_path.is_comfyui(comfy):
-            raise Failed(f"no ComfyUI at {comfy}: run scripts/setup.sh (or set COMFYUI_PATH)")
-        prepare_base(self.base)
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", self.base, "--disable-api-nodes", "--database-url", "sqlite:///:memory:"]
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        log(f"Starting ComfyUI ({comfy}) on {self.url}, base directory {self.base}")
+    def start(self, timeout=300, env=None):
+        comfy_client.prepare_base(self.base, self.FOLDERS)
+        log(f"Starting ComfyUI ({self.comfyui}) on {self.url}, base directory {self.base}")
         log(f"  log: {self.log_path}")
-        self._log = open(self.log_path, "w", encoding="utf-8")
-        self.proc = subprocess.Popen(cmd, cwd=comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        client = Client(self.url)
-        start = time.monotonic()
-        while not client.ready():
-            if self.proc.poll() is not None:
-                raise Failed(f"ComfyUI exited with status {self.proc.returncode} while starting:\n"
-                             + self.log_tail())
-            if time.monotonic() - start > self.startup_timeout:
-                raise Failed(f"ComfyUI did not answer within {self.startup_timeout}s:\n" + self.log_tail())
-            time.sleep(0.5)
-        log(f"  up after {time.monotonic() - start:.1f}s")
-        return client
-
-    def log_tail(self, lines=40):
         try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+            client = super().start(timeout, env)
+        except comfy_client.ServerError as e:
+            raise Failed(str(e)) from None
+        log(f"  up after {self.startup_seconds:.1f}s")
+        return client
 
     def pack_import_error(self):
         """The log's lines about this pack failing to import, if any."""
@@ -296,8 +84,8 @@ class LocalServer:
                 text = f.read()
         except OSError:
             return ""
-        marker = "Traceback"
-        chunks = [c for c in text.split(marker)[1:] if PACK_LINK in c]
+        marker, link = "Traceback", comfy_client.PACK_LINK
+        chunks = [c for c in text.split(marker)[1:] if link in c]
         if not chunks:
             return ""
         lines = []
@@ -305,20 +93,12 @@ class LocalServer:
             if not line.strip() and lines and not lines[-1].startswith((" ", marker)):
                 break  # the blank line after the exception line ends the traceback
             lines.append(line)
-        cannot = [line for line in text.splitlines() if line.startswith("Cannot import") and PACK_LINK in line]
+        cannot = [line for line in text.splitlines() if line.startswith("Cannot import") and link in line]
         return "\n".join([line for line in lines if line.strip()] + cannot[-1:])
 
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-        log("Stopped ComfyUI.")
+    def stop(self, grace=10.0):
+        if super().stop(grace):
+            log("Stopped ComfyUI.")
 
 
 # ------------------------------------------------------------------------------- stand-in weights
@@ -331,6 +111,14 @@ def _load_record(base):
         return {}
 
 
+def _save_record(base, record):
+    """The record, replaced in one step (a reader sees the old one or the new one, never half a file)."""
+    path = os.path.join(base, RANDOM_WEIGHTS_RECORD)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def _stamp(path):
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -340,94 +128,61 @@ def is_stand_in(base, path):
     return _load_record(base).get(os.path.relpath(path, base)) == _stamp(path)
 
 
-def write_stand_in(builders, class_type, path):
-    """A random-weight file for `class_type`'s input at `path`; they all fit the stand-in checkpoint (SD1.5 block
-    structure at 320 channels on every level)."""
+def write_stand_in(class_type, path):
+    """A random-weight file for `class_type`'s input at `path` (scripts/weights.py); they all fit the stand-in
+    checkpoint (SD1.5 block structure at 320 channels on every level)."""
+    import weights
     if class_type == "CheckpointLoaderSimple":
-        builders.write_sd15_checkpoint(path, layout="animatediff")
+        weights.write_sd15_checkpoint(path, layout="animatediff")
     elif class_type == "AnimateDiffLoadMotionModule":
-        builders.save_file(builders.motion_module_sd("v2", channels=(320, 320, 320, 320)), path)
+        weights.save_file(weights.motion_module_sd("v2", channels=(320, 320, 320, 320)), path)
     elif class_type == "AnimateDiffLoadMotionLoRA":
-        builders.save_file(builders.motion_lora_sd((320, 320, 320, 320), rank=4), path)
+        weights.save_file(weights.motion_lora_sd((320, 320, 320, 320), rank=4), path)
     elif class_type == "AnimateDiffApplyDomainAdapter":
-        builders.save_file(builders.v3_adapter_sd_for_ad_layout(), path)
+        weights.save_file(weights.v3_adapter_sd_for_ad_layout(), path)
     elif class_type == "ControlNetLoader":
-        builders.save_file(builders.controlnet_sd(), path)
+        weights.save_file(weights.controlnet_sd(), path)
     elif class_type == "AnimateDiffLoadSparseCtrl":
-        builders.save_file(builders.sparsectrl_sd((320, 320, 320, 320), dtype=builders.torch.float16), path)
+        weights.save_file(weights.sparsectrl_sd((320, 320, 320, 320), dtype=weights.torch.float16), path)
     elif class_type == "SparseCtrlKeyFrames":  # a Load Image that feeds SparseCtrl: two key frames
-        builders.save_hint_frames(path, 2, 64, 64)
+        weights.save_hint_frames(path, 2, 64, 64)
     elif class_type == "LoadVideo":  # a vid2vid workflow's input video: a square crossing the picture
         frames, width, height, fps = STAND_IN_VIDEO
-        builders.write_video(path, builders.moving_square_frames(frames, height, width), fps)
+        weights.write_video(path, weights.moving_square_frames(frames, height, width), fps)
     elif class_type == "LoadImageMask":  # a motion strength mask: 0 at the left edge to 1 at the right
         from PIL import Image
         Image.linear_gradient("L").rotate(90).save(path)
     else:  # LoadImage: 48 frames, an animated image (ControlNet hint frames, or a trainer's reference video)
-        builders.save_hint_frames(path, 48, 64, 64)
+        weights.save_hint_frames(path, 48, 64, 64)
 
 
 def write_stand_ins(base, missing):
-    """Write random-weight stand-ins for the missing files, {path: class_type}; returns the paths written."""
+    """Write random-weight stand-ins for the missing files, {path: class_type}; returns the paths written.
+
+    Each file is written in <base>/.stand-ins-partial/, recorded with its size and time there (which os.replace
+    keeps), then moved into place. Stopped at any point (an error, Ctrl-C, kill -9), the base directory holds
+    complete stand-ins, each recorded, and at most one recorded file that is missing (written again next time)."""
     if not missing:
         return []
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    try:
-        import builders
-    except ImportError as e:
-        raise Failed(f"cannot make stand-in weights: tests/builders.py did not import ({e})") from None
+    staging = os.path.join(base, STAGING)
+    shutil.rmtree(staging, ignore_errors=True)  # what a stopped run left
+    os.makedirs(staging)
     record = _load_record(base)
     for path, class_type in missing.items():
         log(f"Writing random-weight stand-in {show(path)} ...")
         start = time.monotonic()
+        partial = os.path.join(staging, os.path.basename(path))
+        try:
+            write_stand_in(class_type, partial)
+        except ImportError as e:
+            raise Failed(f"cannot make stand-in weights: {e} (install the pack's requirements.txt)") from None
+        record[os.path.relpath(path, base)] = _stamp(partial)
+        _save_record(base, record)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = path + ".partial" + os.path.splitext(path)[1]
-        write_stand_in(builders, class_type, partial)
         os.replace(partial, path)
-        record[os.path.relpath(path, base)] = _stamp(path)
         log(f"  done in {time.monotonic() - start:.1f}s")
-    with open(os.path.join(base, RANDOM_WEIGHTS_RECORD), "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
+    os.rmdir(staging)
     return list(missing)
-
-
-# ------------------------------------------------------------------------------------------ errors
-
-def format_prompt_error(answer, prompt):
-    """ComfyUI's answer to a refused POST /prompt, one line per failing input."""
-    error = answer.get("error") or {}
-    if isinstance(error, str):
-        error = {"message": error}
-    lines = [f"ComfyUI refused the prompt: {error.get('message', 'unknown error')}"]
-    if error.get("details"):
-        lines.append(f"  {error['details']}")
-    for node_id, info in (answer.get("node_errors") or {}).items():
-        node = prompt.get(str(node_id), {})
-        title = (node.get("_meta") or {}).get("title", "")
-        lines.append(f"  node {node_id} {info.get('class_type', node.get('class_type', ''))} \"{title}\":")
-        for e in info.get("errors", []):
-            detail = f" ({e['details']})" if e.get("details") else ""
-            lines.append(f"    - {e.get('message', e)}{detail}")
-    return "\n".join(lines)
-
-
-def format_execution_error(entry, prompt):
-    lines = []
-    for kind, data in (entry.get("status") or {}).get("messages", []):
-        if kind == "execution_error":
-            node_id = data.get("node_id")
-            title = (prompt.get(str(node_id), {}).get("_meta") or {}).get("title", "")
-            exception = (data.get("exception_type") or "").rsplit(".", 1)[-1]
-            lines.append(f"ComfyUI failed in node {node_id} {data.get('node_type', '')} \"{title}\": "
-                         f"{exception}: {(data.get('exception_message') or '').strip()}")
-            traceback = [line for line in "".join(data.get("traceback") or []).rstrip().splitlines()
-                         if line.strip(" ^~")]  # without the ^^^ underlines
-            if traceback:
-                lines.append("  traceback (last lines):")
-                lines += ["    " + line for line in traceback[-8:]]
-        elif kind == "execution_interrupted":
-            lines.append(f"ComfyUI interrupted the prompt in node {data.get('node_id')}")
-    return "\n".join(lines) or f"ComfyUI reported: {json.dumps(entry.get('status'))}"
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -449,59 +204,43 @@ def check_on_server(object_info, prompt):
                              + (", ".join(map(str, options)) or "none"))
 
 
-def cancel(client, prompt_id):
-    """Take the prompt off the queue, or stop it when it is running."""
-    try:
-        client.post_json("/queue", {"delete": [prompt_id]}, timeout=10)
-        client.post_json("/interrupt", {"prompt_id": prompt_id}, timeout=10)
-    except OSError:
-        pass
-
-
 def run_prompt(client, prompt, workflow, timeout):
     client_id = uuid.uuid4().hex
     titles = {k: (v.get("_meta") or {}).get("title", v["class_type"]) for k, v in prompt.items()}
-    listener = ProgressListener(client.url, client_id, titles)
+    listener = comfy_client.ProgressListener(client.url, client_id, titles)
     try:
         listener.connect()
         listener.start()
     except OSError:
         listener = None
-    status, answer = client.post_json("/prompt", {"prompt": prompt, "client_id": client_id,
-                                                  "extra_data": {"extra_pnginfo": {"workflow": workflow}}})
+    status, answer = client.queue(prompt, client_id, {"extra_pnginfo": {"workflow": workflow}})
     if status != 200 or answer.get("node_errors"):
-        raise Failed(format_prompt_error(answer, prompt))
+        raise Failed(comfy_client.prompt_error(answer, prompt))
     prompt_id = answer["prompt_id"]
     if listener:
         listener.prompt_id = prompt_id
     log(f"Queued prompt {prompt_id}")
     start = last_note = time.monotonic()
+
+    def note():  # without the websocket's progress: a line now and then
+        nonlocal last_note
+        if listener is None and time.monotonic() - last_note > 15:
+            last_note = time.monotonic()
+            log(f"  ... running, {last_note - start:.0f}s")
     try:
-        while True:
-            entry = client.get_json("/history/" + prompt_id).get(prompt_id)
-            if entry and (entry.get("status") or {}).get("completed") is not None \
-                    and entry["status"].get("status_str") in ("success", "error"):
-                break
-            if entry and entry.get("outputs") and not entry.get("status"):
-                break
-            now = time.monotonic()
-            if now - start > timeout:
-                cancel(client, prompt_id)
-                raise Failed(f"gave up after {timeout}s (the prompt was cancelled)")
-            if listener is None and now - last_note > 15:
-                log(f"  ... running, {now - start:.0f}s")
-                last_note = now
-            time.sleep(0.5)
+        entry = client.wait(prompt_id, timeout, check=note)
+    except TimeoutError:
+        client.cancel(prompt_id)
+        raise Failed(f"gave up after {timeout}s (the prompt was cancelled)") from None
     except KeyboardInterrupt:
-        cancel(client, prompt_id)
+        client.cancel(prompt_id)
         raise
     finally:
         if listener:
             listener.close()
-    elapsed = time.monotonic() - start
-    if entry.get("status", {}).get("status_str") == "error":
-        raise Failed(format_execution_error(entry, prompt))
-    log(f"Finished in {elapsed:.1f}s")
+    if (entry.get("status") or {}).get("status_str") == "error":
+        raise Failed(comfy_client.history_error(entry, prompt))
+    log(f"Finished in {time.monotonic() - start:.1f}s")
     return entry
 
 
@@ -536,7 +275,9 @@ def prepare_models(base, prompt):
         raise Failed(f"{show(next(iter(missing)))} is missing while {show(real[0])} is a real file: "
                      "put the missing file there too (random-weight stand-ins are only made to replace all of "
                      "them, since they do not fit real weights). Motion modules: "
-                     "https://huggingface.co/guoyww/animatediff (mm_sd_v15_v2.ckpt).")
+                     "https://huggingface.co/guoyww/animatediff (mm_sd_v15_v2.ckpt). A stand-in that is not in "
+                     f"{show(os.path.join(base, RANDOM_WEIGHTS_RECORD))} (an older version of this script, stopped "
+                     "midway, left it unrecorded) counts as real: delete it.")
     write_stand_ins(base, missing)
     return [p for p in paths if is_stand_in(base, p)]
 
@@ -619,12 +360,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # a plain kill (SIGTERM) ends the run as Ctrl-C does: the ComfyUI this started is stopped too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with open(args.workflow, encoding="utf-8") as f:
         workflow = json.load(f)
     server = None
     try:
         if args.server:
-            client = Client(args.server)
+            client = comfy_client.Client(args.server)
             if not client.ready():
                 raise Failed(f"no ComfyUI answers at {args.server}")
         else:

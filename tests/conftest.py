@@ -1,13 +1,16 @@
 """Test harness: a real, unmodified ComfyUI with this pack installed the way a user installs it.
 
 At import (before any test module, so tests may import comfy modules at their top):
-  * OMP_NUM_THREADS=1 unless already set, ComfyUI (scripts/comfyui_path.py: locate()) first on sys.path;
+  * OMP_NUM_THREADS=1 unless already set; scripts/ on sys.path (after everything else: the tests import
+    comfy_client, comfy_models, weights, ... from there);
   * a base directory for the session (models/checkpoints, models/animatediff_models, custom_nodes, input,
-    output, user, temp) with this repository symlinked as custom_nodes/comfyui-animatediff;
-  * comfy.cli_args.args: cpu, base_directory, disable_api_nodes, before folder_paths / model code loads.
+    output, user, temp) with this repository symlinked as custom_nodes/comfyui-animatediff
+    (scripts/comfy_client.py: prepare_base);
+  * ComfyUI (scripts/comfyui_path.py: use_comfyui) first on sys.path and comfy.cli_args.args: cpu,
+    base_directory, disable_api_nodes, before folder_paths / model code loads.
 ComfyUI's nodes (built-in, comfy_extras and custom nodes, so this pack) load once, in the `comfy` fixture.
 
-Fixtures: comfy, pack, patching, no_loaded_models, sd15_checkpoint, sd15_ad_checkpoint, comfy_server, tiny_sd15, tiny_sdxl.
+Fixtures: comfy, pack, pack_nodes, no_loaded_models, sd15_checkpoint, sd15_ad_checkpoint, comfy_server, tiny_sd15, tiny_sdxl.
 Set COMFYUI_TEST_KEEP_BASE=1 to keep the base directory after the session (its path is logged).
 """
 import os
@@ -16,12 +19,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import asyncio
 import collections
-import importlib.util
 import json
 import logging
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,22 +31,18 @@ import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TESTS_DIR)
-PACK_DIR_NAME = "comfyui-animatediff"
+SCRIPTS_DIR = os.path.join(REPO_DIR, "scripts")
+if SCRIPTS_DIR not in sys.path:
+    sys.path.append(SCRIPTS_DIR)  # after everything else: scripts/ shadows no other module
+
+import comfy_client  # noqa: E402
+import comfyui_path  # noqa: E402
+
+PACK_DIR_NAME = comfy_client.PACK_LINK
 
 log = logging.getLogger("harness")
 
-
-def _locate_comfyui():
-    spec = importlib.util.spec_from_file_location("_comfyui_path", os.path.join(REPO_DIR, "scripts", "comfyui_path.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    path = mod.locate()
-    if not mod.is_comfyui(path):
-        raise RuntimeError(f"no ComfyUI at {path}: run `python scripts/comfyui_path.py --ensure` or set COMFYUI_PATH")
-    return path
-
-
-COMFYUI_DIR = _locate_comfyui()
+COMFYUI_DIR = comfyui_path.require()
 
 
 BASE_PREFIX = "comfyui-test-base-"
@@ -73,10 +69,8 @@ def _make_base_dir():
     base = tempfile.mkdtemp(prefix=BASE_PREFIX)
     with open(os.path.join(base, ".owner-pid"), "w") as f:
         f.write(str(os.getpid()))
-    for sub in ("models/checkpoints", "models/animatediff_models", "models/loras", "custom_nodes", "input",
-                "output", "user", "temp"):
-        os.makedirs(os.path.join(base, sub), exist_ok=True)
-    os.symlink(REPO_DIR, os.path.join(base, "custom_nodes", PACK_DIR_NAME), target_is_directory=True)
+    comfy_client.prepare_base(base, ("models/checkpoints", "models/animatediff_models", "models/loras", "input",
+                                     "output", "user", "temp"))
     return base
 
 
@@ -90,15 +84,9 @@ PACK_SYS_MODULE = PACK_MODULE_PATH.replace(".", "_x_")
 sys.path[:] = [p for p in sys.path
                if os.path.realpath(p or os.getcwd()) not in {os.path.realpath(d) for d in (REPO_DIR, COMFYUI_DIR, TESTS_DIR)}]
 sys.path.insert(0, TESTS_DIR)
-sys.path.insert(0, COMFYUI_DIR)  # ComfyUI's `nodes`, `utils`, ... must win over anything else
-
-from comfy.cli_args import args  # noqa: E402  (argument parsing is off unless main.py enables it)
-
-args.cpu = True
-args.base_directory = BASE_DIR
-args.disable_api_nodes = True
-args.disable_auto_launch = True
-args.auto_launch = False
+# ComfyUI first on sys.path (its `nodes`, `utils`, ... must win over anything else), and its arguments
+# (argument parsing is off unless main.py enables it)
+comfyui_path.use_comfyui(cpu=True, base_directory=BASE_DIR, disable_auto_launch=True, auto_launch=False)
 
 import torch  # noqa: E402
 
@@ -139,45 +127,40 @@ def pytest_unconfigure(config):
 # ------------------------------------------------------------------------------------------ errors
 
 class PromptFailed(Exception):
-    """A prompt ComfyUI refused or failed to run.
+    """A prompt ComfyUI refused or failed to run; str() is ComfyUI's error in words, as the headless runner shows
+    it (scripts/comfy_client.py: execution_error / prompt_error).
 
-    message: ComfyUI's text (execution_error's exception_message, or the validation error's message and
-    details); node_id / node_type: the failing node (None when not attributable); exception_type:
-    ComfyUI's exception_type (e.g. "ValueError"), or "validation" / "http"; details: the raw dict ComfyUI
-    sent (execution_error message, or {"error": ..., "node_errors": ...}).
+    message: ComfyUI's text (execution_error's exception_message, stripped, or the validation error in words:
+    its message, details and each node's errors); node_id / node_type: the failing node (None when not
+    attributable); exception_type: ComfyUI's exception_type (e.g. "ValueError"), or "validation" /
+    "interrupted" / ...; details: the raw dict ComfyUI sent (execution_error message, or {"error": ...,
+    "node_errors": ...}).
     """
 
-    def __init__(self, message, node_id=None, node_type=None, exception_type=None, details=None):
+    def __init__(self, message, node_id=None, node_type=None, exception_type=None, details=None, text=None):
         self.message = message
         self.node_id = node_id
         self.node_type = node_type
         self.exception_type = exception_type
         self.details = details or {}
         where = f"{node_type} (node {node_id})" if node_id is not None else "prompt"
-        super().__init__(f"{where} failed: {exception_type}: {message}")
+        super().__init__(text or f"{where} failed: {exception_type}: {message}")
 
     @property
     def traceback(self):
         return "".join(self.details.get("traceback", []))
 
     @classmethod
-    def from_execution_error(cls, mes):
-        return cls(mes.get("exception_message", ""), mes.get("node_id"), mes.get("node_type"),
-                   mes.get("exception_type"), mes)
+    def from_execution_error(cls, mes, prompt=None):
+        return cls((mes.get("exception_message") or "").strip(), mes.get("node_id"), mes.get("node_type"),
+                   mes.get("exception_type"), mes, text=comfy_client.execution_error(mes, prompt))
 
     @classmethod
-    def from_validation(cls, error, node_errors):
-        error = error or {}
-        lines = [error.get("message", "invalid prompt")]
-        if error.get("details"):
-            lines.append(error["details"])
-        node_id = node_type = None
-        for nid, info in (node_errors or {}).items():
-            if node_id is None:
-                node_id, node_type = nid, info.get("class_type")
-            for e in info.get("errors", []):
-                lines.append(f"{info.get('class_type')} {nid}: {e.get('message')}: {e.get('details')}")
-        return cls("\n".join(lines), node_id, node_type, "validation", {"error": error, "node_errors": node_errors})
+    def from_validation(cls, error, node_errors, prompt=None):
+        answer = {"error": error or {}, "node_errors": node_errors or {}}
+        node_id, info = next(iter(answer["node_errors"].items()), (None, {}))
+        message = comfy_client.prompt_error(answer, prompt)
+        return cls(message, node_id, info.get("class_type"), "validation", answer, text=message)
 
 
 class PackNotLoaded(RuntimeError):
@@ -356,7 +339,7 @@ class ComfyHarness:
             v = self.validate(prompt, partial_execution_list=outputs if given else None,
                               prompt_id=prompt_id)
             if not v.ok:
-                raise PromptFailed.from_validation(v.error, v.node_errors)
+                raise PromptFailed.from_validation(v.error, v.node_errors, prompt)
             outputs, node_errors = v.outputs, v.node_errors
         ex = executor or self.executor()
         ex.server.messages.clear()
@@ -369,7 +352,7 @@ class ComfyHarness:
         status = ex.executor.status_messages
         errors = [d for e, d in status if e == "execution_error"]
         if errors:
-            raise PromptFailed.from_execution_error(errors[-1])
+            raise PromptFailed.from_execution_error(errors[-1], prompt)
         interrupted = [d for e, d in status if e == "execution_interrupted"]
         if interrupted:
             d = interrupted[-1]
@@ -409,9 +392,9 @@ def comfy():
 
 
 @pytest.fixture(scope="session")
-def patching(pack):
-    """The pack's `nodes.patching` module, as ComfyUI loaded it."""
-    return pack.nodes.patching
+def pack_nodes(pack):
+    """The pack's `nodes` package, as ComfyUI loaded it (`pack_nodes.motion`, `pack_nodes.lora`, ...)."""
+    return pack.nodes
 
 
 @pytest.fixture
@@ -472,12 +455,6 @@ def tiny_sdxl():
 
 # ------------------------------------------------------------------------------- real HTTP server
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 EXTRA_MODELS = os.path.join(BASE_DIR, "extra_models")
 
 
@@ -490,94 +467,41 @@ def write_extra_model_paths():
     return path
 
 
-class ComfyServer:
-    """ComfyUI's main.py as a subprocess on the session's base directory (see the comfy_server fixture)."""
+class ComfyServer(comfy_client.Server):
+    """ComfyUI's main.py as a subprocess on the session's base directory (see the comfy_server fixture), started by
+    the runner's starter (scripts/comfy_client.py), talked to through its HTTP client (`client`)."""
 
     def __init__(self, startup_timeout=120.0):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = comfy_client.free_port()
+        super().__init__(COMFYUI_DIR, BASE_DIR, port, os.path.join(BASE_DIR, f"server-{port}.log"),
+                         ["--extra-model-paths-config", write_extra_model_paths()])
         self.client_id = str(uuid.uuid4())
-        self.log_path = os.path.join(BASE_DIR, f"server-{self.port}.log")
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", BASE_DIR, "--disable-api-nodes", "--database-url", "sqlite:///:memory:",
-               "--extra-model-paths-config", write_extra_model_paths()]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self._log = open(self.log_path, "wb")
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready(startup_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - t0
+        self.client = self.start(startup_timeout, env={"OMP_NUM_THREADS": "1"})
 
-    def log_tail(self, n=60):
-        try:
-            with open(self.log_path, "r", errors="replace") as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return ""
+    def get(self, route, timeout=30):
+        return self.client.get_json(route, timeout=timeout)
 
-    def _wait_ready(self, timeout):
-        import requests
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/system_stats", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"ComfyUI server not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def get(self, route, **kw):
-        import requests
-        r = requests.get(self.url + route, timeout=kw.pop("timeout", 30), **kw)
-        r.raise_for_status()
-        return r.json()
+    def _alive(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ComfyUI server died:\n{self.log_tail()}")
 
     def run(self, prompt, timeout=120.0):
         """POST /prompt, poll /history/<id> until done; returns the outputs per node id. Raises PromptFailed."""
-        import requests
-        r = requests.post(self.url + "/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=30)
-        if r.status_code != 200:
-            try:
-                body = r.json()
-            except ValueError:
-                raise PromptFailed(r.text, exception_type="http", details={"status": r.status_code})
-            raise PromptFailed.from_validation(body.get("error"), body.get("node_errors"))
-        prompt_id = r.json()["prompt_id"]
-        deadline = time.monotonic() + timeout
-        while True:
-            item = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if item is not None:
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI server died running {prompt_id}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.1)
+        status, answer = self.client.queue(prompt, self.client_id)
+        if status != 200:
+            raise PromptFailed.from_validation(answer.get("error"), answer.get("node_errors"), prompt)
+        try:
+            item = self.client.wait(answer["prompt_id"], timeout, poll=0.1, check=self._alive)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}:\n{self.log_tail()}") from None
         status = item.get("status") or {}
         if status.get("status_str") != "success":
             for event, data in status.get("messages", []):
                 if event == "execution_error":
-                    raise PromptFailed.from_execution_error(data)
+                    raise PromptFailed.from_execution_error(data, prompt)
             raise PromptFailed(f"prompt ended with status {status!r}", exception_type=status.get("status_str"),
                                details=item)
         return item["outputs"]
-
-    def stop(self, grace=10.0):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(grace)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

@@ -160,16 +160,13 @@ def test_command_line_refuses_motion_lora_without_module():
 def test_over_http_progress_bar_and_cancel(comfy, comfy_server, files):
     """On the real server: the node's progress bar reaches the websocket, POST /interrupt stops the training
     between steps, no file is written, and the server goes on to run the next prompt."""
-    import importlib.util
     import threading
     import time
 
+    import comfy_client
     import requests
-    spec = importlib.util.spec_from_file_location("txt2vid_client", os.path.join(REPO_DIR, "scripts", "txt2vid.py"))
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
 
-    class Recorder(client.ProgressListener):
+    class Recorder(comfy_client.ProgressListener):
         def __init__(self, *args):
             super().__init__(*args)
             self.progress, self.first_step = [], threading.Event()

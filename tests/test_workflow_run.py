@@ -183,7 +183,7 @@ def test_free_init_workflow_in_process(comfy, sd15_ad_checkpoint, motion_module,
     runner writes in place of a missing one (a gradient, 0 at the left edge to 1 at the right) through Load Image
     (as Mask): 8 frames of 64x64, the effect per pixel."""
     import server
-    txt2vid.write_stand_in(builders, "LoadImageMask", os.path.join(comfy.input_dir, "workflow_gradient.png"))
+    txt2vid.write_stand_in("LoadImageMask", os.path.join(comfy.input_dir, "workflow_gradient.png"))
     with open(os.path.join(REPO_DIR, "workflows", "free_init.json")) as f:
         ui = json.load(f)
     info = workflow.node_definitions(comfy.nodes.NODE_CLASS_MAPPINGS, comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
@@ -341,7 +341,7 @@ def test_headless_video_to_video_against_a_server(comfy_server, comfy, sd15_ad_c
     and fps. A frame count is refused: it is the video's."""
     os.makedirs(os.path.join(comfy.models, "controlnet"), exist_ok=True)
     builders.save_file(builders.controlnet_sd(), os.path.join(comfy.models, "controlnet", "control_v11f1e_sd15_tile.pth"))
-    txt2vid.write_stand_in(builders, "LoadVideo", os.path.join(comfy.input_dir, "vid2vid_input.mp4"))
+    txt2vid.write_stand_in("LoadVideo", os.path.join(comfy.input_dir, "vid2vid_input.mp4"))
     frames, width, height, fps = txt2vid.STAND_IN_VIDEO
     assert mp4_frames(os.path.join(comfy.input_dir, "vid2vid_input.mp4")) == (frames, (width, height), fps)
     common = ("--server", comfy_server.url, "--workflow", os.path.join(REPO_DIR, "workflows", "vid2vid_controlnet.json"),

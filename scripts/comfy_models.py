@@ -1,12 +1,13 @@
-"""Tiny SD1.5 / SDXL models built in code with ComfyUI's own classes, for fast unit tests.
+"""SD1.5 / SDXL models built in code with ComfyUI's own classes, at any size: the tests' tiny models and the
+benchmarks' models.
 
 `comfy.supported_models.SD15` / `SDXL` build the model (`get_model`, as comfy.sd does for a checkpoint),
-the UNet gets deterministic random weights (builders.random_tensor, keyed by parameter name), and the
+the UNet gets deterministic random weights (weights.random_tensor, keyed by parameter name), and the
 result is wrapped in `comfy.model_patcher.ModelPatcher` exactly as `comfy.sd.load_state_dict_guess_config`
-wraps a loaded checkpoint. Import this only after conftest has configured `comfy.cli_args.args`.
+wraps a loaded checkpoint. Import this only after `comfy.cli_args.args` is set (comfyui_path.use_comfyui()).
 
 Level channels are model_channels * channel_mult: the defaults give (32, 64, 64, 64) for SD1.5 and
-(32, 64, 64) for SDXL, i.e. the shapes of builders.motion_module_sd(..., channels=level_channels(model)).
+(32, 64, 64) for SDXL, i.e. the shapes of weights.motion_module_sd(..., channels=level_channels(model)).
 """
 import torch
 
@@ -14,7 +15,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
 
-import builders
+import weights
 
 
 def unet_config(model_channels, channel_mult, num_res_blocks, depth_per_level, middle_depth, context_dim,
@@ -42,10 +43,10 @@ def unet_config(model_channels, channel_mult, num_res_blocks, depth_per_level, m
 
 
 def init_weights(module, seed=0):
-    """Deterministic random weights (builders' rules) for every parameter, keyed by its name."""
+    """Deterministic random weights (weights.random_tensor's rules) for every parameter, keyed by its name."""
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.copy_(builders.random_tensor(name, p.shape, seed).to(p.dtype))
+            p.copy_(weights.random_tensor(name, p.shape, seed).to(p.dtype))
     return module
 
 
