@@ -40,8 +40,8 @@ def main():
           f"{args.repeats} rounds; {overhead.machine_description(ns)}")
     for config in args.configs.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            mm = ns.nodes.motion.load_motion_module(overhead.write_motion_module(ns, config, os.path.join(tmp, "mm.pt")),
-                                                "mm")
+            path = overhead.write_motion_module(ns, config, os.path.join(tmp, "mm.pt"))
+            mm = ns.nodes.motion.load_motion_module(path, "mm")
             animated = ns.nodes.motion.apply_motion_module(overhead.build_unet(ns, config), mm, "autoselect", 1.0, 1.0)
             models = {n: ns.nodes.free_init.apply_free_init(animated, n, "butterworth", 0.25, 0.25, lambda i: None)
                       for n in ITERATIONS}

@@ -41,7 +41,8 @@ def models(ns, config, folder, sparse=True):
     path = os.path.join(folder, "sparsectrl.safetensors")
     if not os.path.exists(path):
         weights.save_file(weights.sparsectrl_sd(tuple(channels * m for m in mult), latent=False), path)
-    mm = ns.nodes.motion.load_motion_module(overhead.write_motion_module(ns, config, os.path.join(folder, "mm.pt")), "mm")
+    mm_path = overhead.write_motion_module(ns, config, os.path.join(folder, "mm.pt"))
+    mm = ns.nodes.motion.load_motion_module(mm_path, "mm")
     animated = ns.nodes.motion.apply_motion_module(overhead.build_unet(ns, config), mm, "autoselect", 1.0, 1.0)
     if not sparse:
         return animated, None

@@ -18,15 +18,14 @@ from ..motion_modules import formats
 from . import files, motion
 from .motion import MotionModuleError, model_family
 
-ADAPTER = "animatediff_domain_adapter"  # model_options: (file name, strength), for the sampling's log line
-
 
 def lora_patches(sd, key_map, weights, name, kind, target):
     """ComfyUI LoRA patches of the processor-LoRA state dict `sd` ({name}_lora.up/down.weight) on the weights
     `key_map` names, shapes checked; also the entry names that have no target."""
     found = formats.classify(sd)
     if found != kind:
-        raise MotionModuleError(f"'{name}' is not {formats.KINDS[kind]}. {files.describe(formats.NotAMotionModule(found))}")
+        raise MotionModuleError(
+            f"'{name}' is not {formats.KINDS[kind]}. {files.describe(formats.NotAMotionModule(found))}")
     patches = comfy.lora.load_lora(sd, key_map, log_missing=False)
     if not patches:
         raise MotionModuleError(f"None of the {len(sd)} tensors of '{name}' (such as '{next(iter(sd))}') matches a "
@@ -75,7 +74,7 @@ def apply_domain_adapter(model, path, name, strength):
                                 "weight of this SD1.5 UNet: it was made for another model.")
     m = model.clone()
     m.add_patches(patches, strength)
-    m.model_options[ADAPTER] = (name, strength)
+    m.model_options[motion.ADAPTER] = (name, strength)
     logging.info("AnimateDiff: domain adapter %s at strength %g: %d LoRA weights", name, strength, len(patches))
     return m
 

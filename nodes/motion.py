@@ -32,6 +32,7 @@ from ..motion_modules.model import MotionModel, VanillaTemporalModule
 from . import beta_schedules, clip_norms, context_windows, files, frames as frame_calls, strengths
 
 KEY = "animatediff"
+ADAPTER = KEY + "_domain_adapter"  # model_options: the domain adapter's (file name, strength), for the log line
 
 
 class MotionModuleError(files.AnimateDiffError):
@@ -48,7 +49,7 @@ class MotionModule:
 
 
 class Calls:
-    """How often the motion module's layers ran in one sampling."""
+    """How often the motion module's layers ran; a sampling compares the count before and after."""
 
     def __init__(self):
         self.count = 0
@@ -133,7 +134,8 @@ def apply_motion_module(model, motion, beta_schedule, motion_scale, effect, moti
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, sample_animation)
     if motion.info.unet_norm_across_frames:
         clip_norms.attach(m)
-    sampling = beta_schedules.model_sampling(m, motion.info.beta_schedule if beta_schedule == "autoselect" else beta_schedule)
+    schedule = motion.info.beta_schedule if beta_schedule == "autoselect" else beta_schedule
+    sampling = beta_schedules.model_sampling(m, schedule)
     if sampling is not None:
         m.add_object_patch("model_sampling", sampling)
     return m
@@ -250,7 +252,7 @@ def sample_animation(executor, noise, *args, **kwargs):
                 f"but the latent batch has {frames} frames. Give one value (or mask) per frame, or a single mask "
                 "for every frame.")
     windows = len(handler.plan(frames)) if ours and frames > handler.context_length else 0
-    adapter = model_options.get("animatediff_domain_adapter")
+    adapter = model_options.get(ADAPTER)
     logging.info("AnimateDiff: %s motion module %s on %d frames%s; motion_scale %s, effect %s; MotionLoRAs: %s; "
                  "domain adapter: %s", settings.format, settings.name, frames,
                  f" in {windows} context windows of {handler.context_length}" if windows else "",
