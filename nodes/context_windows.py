@@ -12,9 +12,11 @@ only where core needs it (`compat` detects what core does):
 - `get_context_windows`: the uniform schedules' windows with `context_stride` > 1 can reach past the last frame,
   hold a frame twice or leave frames out; those are repaired, so every frame is in a window on every step.
 - an EVALUATE_CONTEXT_WINDOWS callback that gives every ControlNet / T2I adapter in a cond's chain the hint
-  frames of the window (core alone hands each window the first frames of the hint batch; a control that places
-  its own frames, as SparseCtrl does, says so with `places_window_frames`); `execute` restores the hints
-  afterwards, also when sampling is cancelled between windows. The pack's own code reads the window from core's
+  frames of the window (core alone hands each window the first frames of the hint batch); `execute` restores the
+  hints afterwards, also when sampling is cancelled between windows. A control that picks its window's frames
+  itself keeps its full hint batch: SparseCtrl (`places_window_frames`), and Advanced-ControlNet's controls,
+  which read `ad_params` and slice their batch by its `sub_idxs` (they show it with `sub_idxs` and
+  `full_latent_length` attributes). The pack's own code reads the window from core's
   `transformer_options["context_window"]` (`frames.window`); the callback also publishes it as
   `transformer_options["ad_params"]` (`full_length`, `context_length`, `sub_idxs`), the surface other packs
   (IPAdapter_plus, Advanced-ControlNet) read.
@@ -115,9 +117,8 @@ class AnimateDiffContextHandler(IndexListContextHandler):
                 control = c.get("control")
                 while control is not None:
                     full = self.hints.get(control, control.cond_hint_original)
-                    # one hint per frame, unless the control places its frames in the window itself
                     if isinstance(full, torch.Tensor) and full.shape[0] == x_in.size(0) and \
-                            not getattr(control, "places_window_frames", False):
+                            not picks_window_frames(control):
                         self.hints[control] = full
                         set_hint(control, full[window.index_list])
                     control = control.previous_controlnet
@@ -129,6 +130,13 @@ class AnimateDiffContextHandler(IndexListContextHandler):
             for control, full in self.hints.items():
                 set_hint(control, full)
             self.hints = {}
+
+
+def picks_window_frames(control):
+    """Whether a control object takes its window's frames from its full hint batch itself: SparseCtrl, or a control
+    that slices by `ad_params` as Advanced-ControlNet's do (else the handler slicing too would cut twice)."""
+    return getattr(control, "places_window_frames", False) or \
+        (hasattr(control, "sub_idxs") and hasattr(control, "full_latent_length"))
 
 
 def set_hint(control, hint):

@@ -162,3 +162,60 @@ def test_t2i_adapter_gets_window_hints_and_is_restored_after_cancel(comfy, files
         hook.remove()
     assert control.cond_hint_original is full and control.cond_hint is None and control.control_input is None
     model_management.unload_all_models()
+
+
+class SlicesByAdParams:
+    """A control that picks its window's hint frames itself, as Advanced-ControlNet's controls do: it carries
+    `sub_idxs` and `full_latent_length`, reads `transformer_options["ad_params"]` on each call, pads a short hint
+    batch with its last frame to the full length and slices it by `sub_idxs`. It records the hint frames it used
+    per call and contributes no residuals."""
+
+    def __new__(cls):
+        import comfy.controlnet
+
+        class Control(comfy.controlnet.ControlBase):
+            def __init__(self):
+                super().__init__()
+                self.sub_idxs, self.full_latent_length, self.seen = None, 0, []
+
+            def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+                params = transformer_options.get("ad_params")
+                if params is not None:
+                    self.sub_idxs, self.full_latent_length = params["sub_idxs"], params["full_length"]
+                hint = self.cond_hint_original
+                if hint.shape[0] < self.full_latent_length:
+                    hint = torch.cat([hint, hint[-1:].expand(self.full_latent_length - hint.shape[0], *hint.shape[1:])])
+                self.seen.append(builders.hint_frame_indices(hint[self.sub_idxs] if self.sub_idxs else hint))
+                return None
+
+        return Control()
+
+
+def test_a_control_that_slices_by_ad_params_keeps_its_full_hint_batch(comfy):
+    """Such a control sees each window's own frames once: the handler leaves its batch whole (before, the window
+    8-23 got frames 16..23 and then frame 23 eight times: cut by the handler, then padded and cut again)."""
+    pack_nodes = comfy.pack.nodes
+    channels = (32, 64, 128, 128)
+    path = builders.save_file(builders.motion_module_sd("v2", channels=channels),
+                              os.path.join(comfy.models, "animatediff_models", "cw_slicing.safetensors"))
+    motion = pack_nodes.motion.load_motion_module(path, "cw_slicing.safetensors")
+    control = SlicesByAdParams().set_cond_hint(builders.hint_frames(24, 8, 8).movedim(-1, 1))
+    assert pack_nodes.context_windows.picks_window_frames(control)
+    for schedule, stride, windows in (("standard_static", 1, [list(range(16)), list(range(8, 24))]),
+                                      ("standard_uniform", 2, None)):
+        model = pack_nodes.context_windows.apply(
+            pack_nodes.motion.apply_motion_module(comfy_models.tiny_sd15_model(channels=channels), motion,
+                                                  "autoselect", 1, 1),
+            context_length=16, context_overlap=8, context_schedule=schedule, context_stride=stride,
+            closed_loop=False, fuse_method="pyramid", freenoise=False)
+        g = torch.Generator().manual_seed(0)
+        positive = [[torch.randn(1, 3, 768, generator=g), {"control": control}]]
+        latent = torch.zeros(24, 4, 4, 4)
+        control.seen.clear()
+        with torch.no_grad():
+            comfy_sample.sample(model, comfy_sample.prepare_noise(latent, 1), 1, 1.0, "euler", "normal", positive,
+                                positive, latent, disable_pbar=True, seed=1)
+        plan = windows or model.model_options["context_handler"].plan(24, 0)
+        assert control.seen == plan, (schedule, control.seen)
+        assert any(w != list(range(w[0], w[0] + len(w))) for w in plan) or schedule == "standard_static"
+        assert builders.hint_frame_indices(control.cond_hint_original) == list(range(24))
