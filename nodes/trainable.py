@@ -2,6 +2,7 @@
 changes): LoRAs as weight wrappers, or a module's own weights; and gradient checkpointing as an injection that puts
 the UNet's blocks behind a `forward_timestep_embed_patch` running each under torch.utils.checkpoint.
 """
+import dataclasses
 import re
 
 import torch
@@ -68,8 +69,7 @@ def trainable(model, motion_module, part, rank, seed, gradient_checkpointing=Fal
                                                                           eject=restore_blocks)])
         m.set_model_forward_timestep_embed_patch((Checkpointed, run_checkpointed))
     if module:
-        m = motion.apply_motion_module(m, motion.MotionModule(module, motion_module.info, motion_module.name),
-                                       "autoselect", 1.0, 1.0)
+        m = motion.apply_motion_module(m, dataclasses.replace(motion_module, patcher=module), "autoselect", 1.0, 1.0)
     return m, params
 
 
