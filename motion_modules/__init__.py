@@ -1,1 +1,2 @@
-"""AnimateDiff motion modules in pure torch: the model (`model`) and file-format detection (`formats`)."""
+"""AnimateDiff in pure torch (no ComfyUI): the motion module (`model`), file-format detection (`formats`), SparseCtrl's
+encoder (`sparse_controlnet`), FreeInit's filters (`free_init`) and prompt schedules (`prompt_schedule`)."""
