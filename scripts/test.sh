@@ -10,4 +10,4 @@ bash scripts/setup.sh
 "$VENV/bin/ruff" check --select S102,S307,E702 .
 export OMP_NUM_THREADS=1
 "$VENV/bin/python" -m pytest --confcutdir=tests/torch tests/torch
-exec "$VENV/bin/python" -m pytest --ignore=tests/torch "$@"
+exec "$VENV/bin/python" -m pytest "$@"
