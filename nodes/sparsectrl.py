@@ -5,7 +5,7 @@ VAE) and chains it with other ControlNets.
 Apply ControlNet's image batch holds the given frames; the loader's frame indices say where they stand in the
 animation. Each call builds the condition over all frames (the given frames at their indices, zeros elsewhere, a
 mask channel that is 1 on given frames) and hands the encoder the frames of the current context window
-(`transformer_options["ad_params"]`), else all frames. The RGB encoder reads the frames as SD1.5 latents (core's VAE
+(`frames.window`), else all frames. The RGB encoder reads the frames as SD1.5 latents (core's VAE
 encode, scaled by the latent format, as the original encodes them); the scribble encoder reads the images as they
 are.
 """
