@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import re
+import sys
 import warnings
 
 import pytest
@@ -28,6 +29,9 @@ import torch
 
 import builders
 import comfy_models
+
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch"))  # tests/torch/reference.py
+from reference import get_module  # noqa: E402
 
 CHANNELS = (32, 64, 64, 64)  # tiny SD1.5 levels; the motion modules, the LoRAs and the UNets all use these
 RANK = 4
@@ -353,13 +357,6 @@ def compare(label, got, before, expected, targets):
 def motion_targets(module_keys):
     """The to_q / to_k / to_v / to_out.0 weights of every motion module (both attention blocks)."""
     return {k for k in module_keys if MOTION_PROJ.search(k)}
-
-
-def get_module(model, prefix):
-    parts = prefix.split(".")
-    if parts[0] == "mid_block":
-        return model.mid_block.motion_modules[int(parts[2])]
-    return getattr(model, parts[0])[int(parts[1])].motion_modules[int(parts[3])]
 
 
 def module_outputs(patcher, fmt):

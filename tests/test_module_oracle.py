@@ -57,14 +57,6 @@ def locations(fmt):
     return [prefix for prefix, _ in builders.module_prefixes(channels(fmt), fmt in builders.MID_FORMATS)]
 
 
-def get_module(model, prefix):
-    """The module at `prefix` of the pack's MotionModel or diffusers' MotionAdapter (the same tree)."""
-    parts = prefix.split(".")
-    if parts[0] == "mid_block":
-        return model.mid_block.motion_modules[int(parts[2])]
-    return getattr(model, parts[0])[int(parts[1])].motion_modules[int(parts[3])]
-
-
 def prefix_of(block, level, module):
     """prefix_of("down_blocks", 1, 0) = "down_blocks.1.motion_modules.0.temporal_transformer."; mid: level None."""
     return f"{block}.{'' if level is None else f'{level}.'}motion_modules.{module}.temporal_transformer."
@@ -152,7 +144,7 @@ def use_stored_positions(adapter, sd):
         tb = prefix + "transformer_blocks.0.attention_blocks."
         pe0, pe1 = sd[tb + "0.pos_encoder.pe"], sd[tb + "1.pos_encoder.pe"]
         assert torch.equal(pe0, pe1)
-        get_module(adapter, prefix).transformer_blocks[0].pos_embed.pe.copy_(pe0.to(torch.float32))
+        reference.get_module(adapter, prefix).transformer_blocks[0].pos_embed.pe.copy_(pe0.to(torch.float32))
 
 
 def standardized_input(n, c, seed):
@@ -190,7 +182,7 @@ def test_diffusers_oracle(loaded, fmt):
     got = loaded(fmt)
     worst = 0.0
     for n, prefix in enumerate(locations(fmt)):
-        ours, theirs = get_module(got.ours, prefix), get_module(got.diffusers, prefix)
+        ours, theirs = reference.get_module(got.ours, prefix), reference.get_module(got.diffusers, prefix)
         c = got.sd[prefix + "norm.weight"].shape[0]
         for frames in frame_counts(fmt):
             x = standardized_input(CLIPS * frames, c, seed=100 * n + frames)
@@ -222,7 +214,7 @@ def test_hotshot_conversion_is_lossless(loaded, comfy):
         c = canonical[prefix + "norm.weight"].shape[0]
         x = reference.frame_varying(CLIPS, 7, c, HEIGHT, WIDTH, seed=3)
         with torch.no_grad():
-            assert torch.equal(get_module(ours, prefix)(x, 7), get_module(plain, prefix)(x, 7)), prefix
+            assert torch.equal(reference.get_module(ours, prefix)(x, 7), reference.get_module(plain, prefix)(x, 7)), prefix
 
 
 def test_comfy_attention_matches_diffusers(loaded, comfy):
@@ -234,8 +226,8 @@ def test_comfy_attention_matches_diffusers(loaded, comfy):
         c = got.sd[prefix + "norm.weight"].shape[0]
         x = standardized_input(CLIPS * 16, c, seed=11)
         with torch.no_grad():
-            a = get_module(got.ours, prefix)(x, 16, attention)
-            b = get_module(got.diffusers, prefix)(x, num_frames=16)
+            a = reference.get_module(got.ours, prefix)(x, 16, attention)
+            b = reference.get_module(got.diffusers, prefix)(x, num_frames=16)
         torch.testing.assert_close(a, b, **ORACLE_TOL)
 
 
@@ -244,7 +236,7 @@ def test_comfy_attention_matches_diffusers(loaded, comfy):
 def test_effect_zero_returns_input_exactly(loaded):
     got = loaded("v2")
     for prefix in (prefix_of("down_blocks", 1, 0), prefix_of("mid_block", None, 0)):
-        module = get_module(got.ours, prefix)
+        module = reference.get_module(got.ours, prefix)
         x = reference.frame_varying(CLIPS, 8, module.temporal_transformer.norm.weight.shape[0], HEIGHT, WIDTH)
         with torch.no_grad():
             out = module(x, 8, effect=0.0)
@@ -260,7 +252,7 @@ def test_motion_scale_is_scaled_to_k(loaded, scale):
     """motion_scale s == the same module with every to_k weight multiplied by s (ours and diffusers)."""
     got = loaded("v2")
     prefix = prefix_of("down_blocks", 2, 1)
-    module, theirs = get_module(got.ours, prefix), get_module(got.diffusers, prefix)
+    module, theirs = reference.get_module(got.ours, prefix), reference.get_module(got.diffusers, prefix)
     x = standardized_input(CLIPS * 16, module.temporal_transformer.norm.weight.shape[0], seed=5)
     scaled = {k: v * scale if k.endswith("to_k.weight") else v for k, v in module.state_dict().items()}
     original = {k: v.clone() for k, v in theirs.state_dict().items()}
@@ -298,7 +290,7 @@ def test_raw_input_matches_reference(loaded, fmt):
         frames = frame_counts(fmt)[n % 4]
         x = reference.frame_varying(CLIPS, frames, c, HEIGHT, WIDTH, seed=n)
         with torch.no_grad():
-            ours = get_module(got.ours, prefix)(x, frames)
+            ours = reference.get_module(got.ours, prefix)(x, frames)
         expected = reference.motion_module(got.sd, prefix, x.double(), frames, norm_across_frames=across)
         torch.testing.assert_close(ours.double(), expected, **REFERENCE_TOL,
                                    msg=lambda m: f"{fmt} {prefix} F={frames}: {m}")
@@ -314,8 +306,8 @@ def test_groupnorm_statistics_decide_the_result(loaded, fmt):
     c = got.sd[prefix + "norm.weight"].shape[0]
     x = reference.frame_varying(CLIPS, 16, c, HEIGHT, WIDTH, seed=21)
     with torch.no_grad():
-        ours = get_module(got.ours, prefix)(x, 16).double()
-        theirs = get_module(got.diffusers, prefix)(x, num_frames=16).double()
+        ours = reference.get_module(got.ours, prefix)(x, 16).double()
+        theirs = reference.get_module(got.diffusers, prefix)(x, num_frames=16).double()
     right = reference.motion_module(got.sd, prefix, x.double(), 16, norm_across_frames=across)
     wrong = reference.motion_module(got.sd, prefix, x.double(), 16, norm_across_frames=not across)
     assert (right - wrong).abs().max() > 1.0

@@ -43,6 +43,15 @@ def module_prefixes(sd):
     return sorted(found)
 
 
+def get_module(model, prefix):
+    """The module at a state-dict prefix (`down_blocks.1.motion_modules.0.temporal_transformer.`) of the pack's
+    MotionModel or diffusers' MotionAdapter (the same tree)."""
+    parts = prefix.split(".")
+    if parts[0] == "mid_block":
+        return model.mid_block.motion_modules[int(parts[2])]
+    return getattr(model, parts[0])[int(parts[1])].motion_modules[int(parts[3])]
+
+
 def group_norm(x, weight, bias, frames=None, groups=GROUPS, eps=GROUP_NORM_EPS):
     """GroupNorm of x [(b f), C, H, W]. frames=None: statistics per frame; else over all frames of each clip."""
     n, c, hgt, wid = x.shape

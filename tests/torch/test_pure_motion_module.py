@@ -34,14 +34,6 @@ def locations(fmt):
     return [prefix for prefix, _ in weights.module_prefixes(channels(fmt), fmt in weights.MID_FORMATS)]
 
 
-def get_module(motion_model, prefix):
-    """The VanillaTemporalModule at a state-dict prefix (`down_blocks.1.motion_modules.0.temporal_transformer.`)."""
-    parts = prefix.split(".")
-    if parts[0] == "mid_block":
-        return motion_model.mid_block.motion_modules[int(parts[2])]
-    return getattr(motion_model, parts[0])[int(parts[1])].motion_modules[int(parts[3])]
-
-
 @functools.lru_cache(maxsize=None)
 def loaded(fmt):
     """(info, MotionModel with the file's weights, the file's tensors under AnimateDiff names: the reference's input;
@@ -65,7 +57,7 @@ def test_every_module_matches_the_reference(fmt):
         frames = frame_counts[n % 4]
         x = reference.frame_varying(CLIPS, frames, c, HEIGHT, WIDTH, seed=n)
         with torch.no_grad():
-            ours = get_module(motion_model, prefix)(x, frames)
+            ours = reference.get_module(motion_model, prefix)(x, frames)
         expected = reference.motion_module(sd, prefix, x.double(), frames, norm_across_frames=across)
         torch.testing.assert_close(ours.double(), expected, **REFERENCE_TOL,
                                    msg=lambda m: f"{fmt} {prefix} F={frames}: {m}")
@@ -80,7 +72,7 @@ def test_groupnorm_statistics_decide_the_result(fmt):
     prefix = "down_blocks.1.motion_modules.0.temporal_transformer."
     x = reference.frame_varying(CLIPS, 16, sd[prefix + "norm.weight"].shape[0], HEIGHT, WIDTH, seed=21)
     with torch.no_grad():
-        ours = get_module(motion_model, prefix)(x, 16).double()
+        ours = reference.get_module(motion_model, prefix)(x, 16).double()
     right = reference.motion_module(sd, prefix, x.double(), 16, norm_across_frames=across)
     wrong = reference.motion_module(sd, prefix, x.double(), 16, norm_across_frames=not across)
     assert (right - wrong).abs().max() > 1.0
@@ -96,7 +88,7 @@ def test_effect_scales_the_residual():
     _, motion_model, _ = loaded("v2")
     for prefix in ("down_blocks.1.motion_modules.0.temporal_transformer.",
                    "mid_block.motion_modules.0.temporal_transformer."):
-        module = get_module(motion_model, prefix)
+        module = reference.get_module(motion_model, prefix)
         x = reference.frame_varying(CLIPS, 8, module.temporal_transformer.norm.weight.shape[0], HEIGHT, WIDTH)
         with torch.no_grad():
             off, full, half = module(x, 8, effect=0.0), module(x, 8), module(x, 8, effect=0.5)
@@ -110,7 +102,7 @@ def test_motion_scale_scales_k(scale):
     """motion_scale s: the reference with k scaled by s, and the same module with every to_k weight times s."""
     _, motion_model, sd = loaded("v2")
     prefix = "down_blocks.2.motion_modules.1.temporal_transformer."
-    module = get_module(motion_model, prefix)
+    module = reference.get_module(motion_model, prefix)
     c = module.temporal_transformer.norm.weight.shape[0]
     x = reference.frame_varying(CLIPS, 16, c, HEIGHT, WIDTH, seed=5)
     twin = model.VanillaTemporalModule(c, 32)
@@ -127,7 +119,7 @@ def test_positions_are_the_sinusoid():
     """The table the model builds (AnimateLCM) and the one weights.py stores equal the float64 formula."""
     for fmt in ("animatelcm", "v1"):
         _, motion_model, _ = loaded(fmt)
-        pe = get_module(motion_model, locations(fmt)[0]).temporal_transformer.transformer_blocks[0] \
+        pe = reference.get_module(motion_model, locations(fmt)[0]).temporal_transformer.transformer_blocks[0] \
             .attention_blocks[0].pos_encoder.pe
         assert pe.shape == (1, positions(fmt), SD15[0])
         torch.testing.assert_close(pe[0].double(), reference.sinusoid(positions(fmt), SD15[0]), atol=1e-5, rtol=0)
